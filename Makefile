@@ -1,0 +1,54 @@
+# handoff — the commands a user runs. `make setup` is idempotent: a second run takes seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.handoff-setup
+ROS_PKG := ros2_ws/src/handoff_ros
+APT_PACKAGES := libosmesa6 libgl1 libglib2.0-0
+# DDS stays on this machine: every ROS process started from here sees only loopback peers.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export MUJOCO_GL ?= osmesa
+export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile $(ROS_PKG)/setup.py
+	@$(PYTHON) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if (3,10)<=v<=(3,12) else "handoff needs Python 3.10-3.12, found %d.%d" % v)'
+	@if ! ldconfig -p | grep -q libOSMesa; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages: $(APT_PACKAGES)"; \
+	    (apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null)); \
+	  else \
+	    echo "off-screen rendering needs OSMesa; run: sudo apt-get install -y $(APT_PACKAGES)"; \
+	  fi; \
+	fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first, pinned, so nothing pulls a multi-GB CUDA build onto a CPU machine
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import torch' || (echo "torch==2.13.0 failed to install"; exit 1)
+	$(PY) -m pip install -q -e '.[ros,interop,dev]' -e $(ROS_PKG) 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip check
+	@$(PY) -c 'import data, rclpy, robosuite, handoff_ros' 2>&1 | grep -v 'robosuite WARNING' || true
+	@touch $(STAMP)
+	@echo "setup done: $(VENV)"
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: setup
+	$(PY) -m sim.demo
+
+bench: setup
+	$(PY) tests/benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) ros2_ws/build ros2_ws/install ros2_ws/log

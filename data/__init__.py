@@ -1,0 +1,1 @@
+"""handoff data: embodiment spec, zarr demonstration store, sequence dataset, converters."""

@@ -1,0 +1,529 @@
+"""The zarr demonstration store: the one API every part of handoff reads and writes.
+
+Layout (compatible with diffusion_policy's ReplayBuffer and UMI)::
+
+    store.zarr/
+      data/<key>          (N, ...) arrays concatenated over episodes along axis 0
+      data/timestamp      (N,) float64 seconds since the episode start, always written
+      meta/episode_ends   (E,) int64 exclusive end index of each episode  <- written last
+      meta  attrs         {"episodes": [per-episode metadata dicts]}
+      attrs               {"handoff_schema": 1, "embodiment": {...}}
+
+Appending is atomic: arrays grow first, per-episode metadata second, ``meta/episode_ends``
+last. Every zarr file write is itself atomic (zarr's LocalStore writes to a temporary file and
+renames). A process killed at any instant therefore leaves a store whose committed episodes
+are intact; the arrays may hold an unfinished tail past ``episode_ends[-1]``, which opening
+the store for writing truncates (and read-only opening ignores), saying so.
+
+New stores are zarr format 3. Format 2 stores written by diffusion_policy / UMI (directory or
+``.zarr.zip``) open read-only; their image codecs (imagecodecs' JPEG, JPEG 2000, ...) are
+registered on import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+
+from data.embodiment import Embodiment
+from data.errors import UserError
+
+log = logging.getLogger("handoff.store")
+
+SCHEMA_VERSION = 1
+SCHEMA_ATTR = "handoff_schema"
+IMAGE_CODEC = "blosc-zstd"  # chosen by measurement, see data/README-level docs in README.md
+LOWDIM_CHUNK_BYTES = 1 << 20  # ~1 MiB per low-dim chunk: long sequential reads, cheap appends
+EPISODE_META_FIELDS = ("task", "source", "success", "operator", "start_time", "seed")
+SOURCES = ("teleop", "policy", "scripted", "converted", "unknown")
+
+_codecs_registered = False
+
+
+def register_codecs() -> None:
+    """Make the image codecs that diffusion_policy/UMI stores use known to numcodecs."""
+    global _codecs_registered
+    if _codecs_registered:
+        return
+    try:
+        from imagecodecs.numcodecs import register_codecs as reg
+
+        reg(verbose=False)
+    except ImportError:  # pragma: no cover - imagecodecs is a hard dependency
+        log.warning("imagecodecs is not installed: JPEG/JPEG 2000 image arrays will not decode")
+    _codecs_registered = True
+
+
+def is_image_array(arr: zarr.Array) -> bool:
+    """Images are uint8 (N, H, W, C) with C in {1, 3, 4}."""
+    return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] in (1, 3, 4)
+
+
+def image_compressor(codec: str = IMAGE_CODEC) -> Any:
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    if codec == "blosc-zstd":
+        return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
+    if codec == "blosc-lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
+    if codec == "none":
+        return None
+    raise UserError(f"unknown image codec {codec!r}; choose blosc-zstd, blosc-lz4 or none")
+
+
+def _open_zarr_store(path: str | Path, mode: str) -> tuple[Any, bool]:
+    """Return (zarr store, read_only) for a local directory, a .zarr.zip, or an fsspec URL."""
+    s = str(path)
+    read_only = mode == "r"
+    if "://" in s and not s.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(s, read_only=read_only), read_only
+    s = s.removeprefix("file://")
+    if s.endswith(".zip"):
+        if mode != "r":
+            raise UserError(
+                f"{s}: .zarr.zip stores open read-only; convert with "
+                f"`handoff-data merge {s} OUT.zarr` to get a writable copy"
+            )
+        if not Path(s).is_file():
+            raise UserError(f"{s}: no such file")
+        return zarr.storage.ZipStore(s, mode="r"), True
+    return zarr.storage.LocalStore(s, read_only=read_only), read_only
+
+
+class DemoStore:
+    """A demonstration store on disk or object storage.
+
+    Use :meth:`create` for a new store and :meth:`open` for an existing one. Arrays are read
+    through :meth:`episode`, :meth:`iter_episodes` or ``store.data[key]`` (zarr arrays, axis 0 =
+    steps). Only steps below ``n_steps`` belong to committed episodes.
+    """
+
+    def __init__(self, root: zarr.Group, path: str, read_only: bool, zarr_format: int) -> None:
+        self.root = root
+        self.path = path
+        self.read_only = read_only
+        self.zarr_format = zarr_format
+        self._ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
+        self._episode_meta: list[dict[str, Any]] = list(
+            root["meta"].attrs.get("episodes", []) if zarr_format == 3 else []
+        )
+        self._recover()
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        embodiment: Embodiment | None = None,
+        *,
+        force: bool = False,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> DemoStore:
+        """Create an empty zarr format 3 store. Refuses to overwrite unless ``force``."""
+        s = str(path)
+        if s.endswith(".zip"):
+            raise UserError(f"{s}: new stores are directories (.zarr); zip is read-only")
+        local = "://" not in s or s.startswith("file://")
+        if local and Path(s.removeprefix("file://")).exists():
+            if not force:
+                raise UserError(f"{s} already exists; pass --force to overwrite it")
+            shutil.rmtree(s.removeprefix("file://"))
+        store, _ = _open_zarr_store(s, "w")
+        root = zarr.open_group(store, mode="w" if force else "w-", zarr_format=3)
+        root.attrs.update({SCHEMA_ATTR: SCHEMA_VERSION, **(attrs or {})})
+        if embodiment is not None:
+            root.attrs["embodiment"] = embodiment.to_dict()
+        root.require_group("data")
+        meta = root.require_group("meta")
+        meta.attrs["episodes"] = []
+        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0)
+        return cls(root, s, read_only=False, zarr_format=3)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> DemoStore:
+        """Open a store read-only (``"r"``) or for appending (``"a"``).
+
+        Format 2 stores (diffusion_policy / UMI) and zip stores are read-only.
+        """
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        s = str(path)
+        local = "://" not in s or s.startswith("file://")
+        if local and not Path(s.removeprefix("file://")).exists():
+            raise UserError(f"{s}: no such store (create one with handoff-collect or the recorder)")
+        register_codecs()
+        store, read_only = _open_zarr_store(s, mode)
+        try:
+            root = zarr.open_group(store, mode="r" if read_only else "r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+            raise UserError(f"{s}: not a zarr store ({e.__class__.__name__})") from None
+        fmt = root.metadata.zarr_format
+        if "meta" not in root or "episode_ends" not in root["meta"] or "data" not in root:
+            raise UserError(f"{s}: not a demonstration store (needs data/ and meta/episode_ends)")
+        if fmt == 3:
+            version = root.attrs.get(SCHEMA_ATTR)
+            if version != SCHEMA_VERSION:
+                raise UserError(
+                    f"{s}: store schema version {version!r} is not supported (this handoff reads "
+                    f"version {SCHEMA_VERSION}); upgrade handoff or re-convert the store"
+                )
+        elif mode == "a":
+            raise UserError(
+                f"{s}: zarr format 2 stores open read-only; copy it into a new "
+                f"store with `handoff-data merge {s} OUT.zarr` to append"
+            )
+        return cls(root, s, read_only=read_only or fmt == 2, zarr_format=fmt)
+
+    def _recover(self) -> None:
+        """Drop an unfinished tail left by a killed writer (see module docstring)."""
+        ends = self._ends
+        # A kill between episode_ends' resize and its value write leaves a trailing fill value.
+        good = len(ends)
+        while good > 0 and (ends[good - 1] <= (ends[good - 2] if good > 1 else 0)):
+            good -= 1
+        if good < len(ends):
+            log.warning(
+                "%s: dropping %d half-committed episode index entries", self.path, len(ends) - good
+            )
+            ends = ends[:good]
+            if not self.read_only:
+                self.root["meta/episode_ends"].resize((good,))
+            self._ends = ends
+        n = int(ends[-1]) if len(ends) else 0
+        for key, arr in self.data.items():
+            if arr.shape[0] < n:
+                raise UserError(
+                    f"{self.path}: data/{key} has {arr.shape[0]} steps but "
+                    f"meta/episode_ends ends at {n}; the store is damaged"
+                )
+            if arr.shape[0] > n:
+                verb = "truncating" if not self.read_only else "ignoring"
+                log.warning(
+                    "%s: %s %d unfinished steps in data/%s (from an interrupted write)",
+                    self.path,
+                    verb,
+                    arr.shape[0] - n,
+                    key,
+                )
+                if not self.read_only:
+                    arr.resize((n, *arr.shape[1:]))
+        if len(self._episode_meta) > len(ends) and not self.read_only:
+            self._episode_meta = self._episode_meta[: len(ends)]
+            self.root["meta"].attrs["episodes"] = self._episode_meta
+        if not self.read_only and "://" not in self.path:
+            for partial in Path(self.path).rglob("*.partial"):
+                partial.unlink(missing_ok=True)
+
+    # ---- structure -------------------------------------------------------------------------
+
+    @property
+    def data(self) -> dict[str, zarr.Array]:
+        group = self.root["data"]
+        return {name: arr for name, arr in group.arrays()}
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.data)
+
+    @property
+    def image_keys(self) -> list[str]:
+        return sorted(k for k, a in self.data.items() if is_image_array(a))
+
+    @property
+    def lowdim_keys(self) -> list[str]:
+        return sorted(k for k, a in self.data.items() if not is_image_array(a))
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._ends.copy()
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self._ends, prepend=0)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def embodiment(self) -> Embodiment | None:
+        d = self.root.attrs.get("embodiment")
+        return Embodiment.from_dict(dict(d), source=f"{self.path} attrs") if d else None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.root.attrs)
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self._check_writable()
+        self.root.attrs[key] = value
+
+    def episode_slice(self, i: int) -> slice:
+        if not -self.n_episodes <= i < self.n_episodes:
+            raise UserError(
+                f"{self.path}: episode {i} out of range (store has {self.n_episodes} episodes)"
+            )
+        i %= self.n_episodes
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return slice(start, int(self._ends[i]))
+
+    def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        sl = self.episode_slice(i)
+        data = self.data
+        missing = set(keys or []) - set(data)
+        if missing:
+            raise UserError(f"{self.path}: no key(s) {sorted(missing)}; store has {sorted(data)}")
+        return {k: data[k][sl] for k in (keys or data)}
+
+    def iter_episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(self.n_episodes):
+            yield self.episode(i, keys)
+
+    def episode_meta(self, i: int) -> dict[str, Any]:
+        self.episode_slice(i)  # range check
+        if i < len(self._episode_meta):
+            return dict(self._episode_meta[i])
+        return {"source": "unknown"}
+
+    def episodes_where(self, **conditions: Any) -> list[int]:
+        """Episode indices whose metadata matches every ``key=value`` (e.g. success=True)."""
+        out = []
+        for i in range(self.n_episodes):
+            meta = self.episode_meta(i)
+            if all(meta.get(k) == v for k, v in conditions.items()):
+                out.append(i)
+        return out
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise UserError(f"{self.path} is open read-only")
+
+    def _require_array(self, key: str, sample: np.ndarray) -> zarr.Array:
+        data = self.data
+        if key in data:
+            arr = data[key]
+            if arr.shape[1:] != sample.shape[1:] or arr.dtype != sample.dtype:
+                raise UserError(
+                    f"{self.path}: data/{key} holds {arr.dtype}{list(arr.shape[1:])} per step, "
+                    f"the new episode has {sample.dtype}{list(sample.shape[1:])}"
+                )
+            return arr
+        if self.n_steps:
+            raise UserError(
+                f"{self.path}: key {key!r} is new; every episode must have the "
+                f"same keys ({sorted(data)})"
+            )
+        group = self.root["data"]
+        if is_image_array(sample):
+            # one frame per chunk: random access decodes only the frames a sample needs
+            return group.create_array(
+                key,
+                shape=(0, *sample.shape[1:]),
+                chunks=(1, *sample.shape[1:]),
+                dtype=np.uint8,
+                compressors=image_compressor(),
+                fill_value=0,
+            )
+        step_bytes = max(1, int(np.prod(sample.shape[1:])) * sample.dtype.itemsize)
+        rows = max(256, LOWDIM_CHUNK_BYTES // step_bytes)
+        return group.create_array(
+            key,
+            shape=(0, *sample.shape[1:]),
+            chunks=(rows, *sample.shape[1:]),
+            dtype=sample.dtype,
+            fill_value=0,
+        )
+
+    def _check_keys(self, episode: Mapping[str, np.ndarray]) -> int:
+        lengths = {k: len(v) for k, v in episode.items()}
+        if len(set(lengths.values())) != 1:
+            raise UserError(f"episode arrays have unequal lengths: {lengths}")
+        if self.n_steps:
+            expected = set(self.data)
+            if set(episode) != expected:
+                raise UserError(
+                    f"{self.path}: episode keys {sorted(episode)} differ from the store's "
+                    f"{sorted(expected)}"
+                )
+        return next(iter(lengths.values()))
+
+    def append_episode(self, episode: Mapping[str, np.ndarray], **meta: Any) -> int:
+        """Append one whole episode atomically; returns its index.
+
+        ``episode`` maps keys to arrays of equal length T. Low-dim arrays are stored as float32
+        (ints and bools keep their dtype); ``timestamp`` is added (t / control rate) when absent.
+        ``meta`` holds per-episode metadata (task, source, success, operator, start_time, ...).
+        """
+        writer = self.episode_writer()
+        writer.add_steps(episode)
+        return writer.commit(**meta)
+
+    def episode_writer(self, flush_steps: int = 64) -> EpisodeWriter:
+        self._check_writable()
+        return EpisodeWriter(self, flush_steps)
+
+    def _commit(self, n_steps: int, meta: dict[str, Any]) -> int:
+        meta = _clean_meta(meta)
+        self._episode_meta.append(meta)
+        self.root["meta"].attrs["episodes"] = self._episode_meta
+        ends = self.root["meta/episode_ends"]
+        new_end = self.n_steps + n_steps
+        ends.append(np.array([new_end], dtype=np.int64))  # the commit point
+        self._ends = np.append(self._ends, new_end)
+        return self.n_episodes - 1
+
+    def _truncate_tail(self) -> None:
+        n = self.n_steps
+        for arr in self.data.values():
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    def delete_episodes(self, indices: list[int]) -> None:
+        """Remove episodes by index; rewrites the store through a temporary copy and swap."""
+        self._check_writable()
+        if "://" in self.path:
+            raise UserError("deleting episodes is supported for local stores only")
+        drop = {i % self.n_episodes for i in indices}
+        tmp = Path(f"{self.path}.tmp-{os.getpid()}")
+        out = DemoStore.create(
+            tmp,
+            self.embodiment,
+            force=True,
+            attrs={k: v for k, v in self.attrs.items() if k != "embodiment"},
+        )
+        for i in range(self.n_episodes):
+            if i not in drop:
+                out.append_episode(self.episode(i), **self.episode_meta(i))
+        old = Path(f"{self.path}.old-{os.getpid()}")
+        os.replace(self.path, old)
+        os.replace(tmp, self.path)
+        shutil.rmtree(old)
+        fresh = DemoStore.open(self.path, "a")
+        self.__dict__.update(fresh.__dict__)
+
+    def summary(self) -> dict[str, Any]:
+        lengths = self.episode_lengths
+        successes = [m.get("success") for m in map(self.episode_meta, range(self.n_episodes))]
+        known = [s for s in successes if s is not None]
+        return {
+            "path": self.path,
+            "zarr_format": self.zarr_format,
+            "episodes": self.n_episodes,
+            "steps": self.n_steps,
+            "episode_length": {
+                "min": int(lengths.min()) if len(lengths) else 0,
+                "mean": float(lengths.mean()) if len(lengths) else 0.0,
+                "max": int(lengths.max()) if len(lengths) else 0,
+            },
+            "success": {"known": len(known), "successful": int(sum(bool(s) for s in known))},
+            "embodiment": self.embodiment.name if self.embodiment else None,
+        }
+
+
+class EpisodeWriter:
+    """Streams one episode into a store: steps are flushed to the arrays as they come, so a
+    long episode never sits in memory; only :meth:`commit` makes it part of the store.
+
+    A crash before ``commit`` leaves an unfinished tail that the next open truncates.
+    """
+
+    def __init__(self, store: DemoStore, flush_steps: int = 64) -> None:
+        store._truncate_tail()  # a discarded or crashed episode may have left steps behind
+        self.store = store
+        self.flush_steps = flush_steps
+        self._buffer: dict[str, list[np.ndarray]] = {}
+        self._written = 0
+        self._buffered = 0
+        self._closed = False
+        self._start = time.time()
+
+    @property
+    def n_steps(self) -> int:
+        return self._written + self._buffered
+
+    def add_step(self, step: Mapping[str, Any]) -> None:
+        self.add_steps({k: np.asarray(v)[None] for k, v in step.items()})
+
+    def add_steps(self, steps: Mapping[str, np.ndarray]) -> None:
+        if self._closed:
+            raise RuntimeError("episode writer already committed or discarded")
+        steps = {k: _storage_dtype(k, np.asarray(v)) for k, v in steps.items()}
+        if "timestamp" not in steps and steps:
+            T = len(next(iter(steps.values())))
+            hz = self.store.embodiment.control_hz if self.store.embodiment else 1.0
+            steps["timestamp"] = np.arange(self.n_steps, self.n_steps + T) / hz
+        T = self.store._check_keys(steps) if steps else 0
+        if self._buffer and set(steps) != set(self._buffer):
+            raise UserError(
+                f"step keys {sorted(steps)} differ from the episode's {sorted(self._buffer)}"
+            )
+        for k, v in steps.items():
+            self._buffer.setdefault(k, []).append(v)
+        self._buffered += T
+        if self._buffered >= self.flush_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffered:
+            return
+        for key, parts in self._buffer.items():
+            block = np.concatenate(parts, axis=0)
+            self.store._require_array(key, block).append(block, axis=0)
+            parts.clear()
+        self._written += self._buffered
+        self._buffered = 0
+
+    def commit(self, **meta: Any) -> int:
+        """Flush what is buffered and make the episode part of the store; returns its index."""
+        if self.n_steps == 0:
+            raise UserError("cannot commit an empty episode")
+        self.flush()
+        meta.setdefault("start_time", self._start)
+        self._closed = True
+        return self.store._commit(self.n_steps, meta)
+
+    def discard(self) -> None:
+        self._buffer.clear()
+        self._buffered = 0
+        self._closed = True
+        self.store._truncate_tail()
+
+
+def _storage_dtype(key: str, v: np.ndarray) -> np.ndarray:
+    """Low-dim floats are stored as float32; timestamps keep float64 (seconds since epoch)."""
+    if v.dtype == np.float64 and key != "timestamp":
+        return v.astype(np.float32)
+    return v
+
+
+def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        try:
+            json.dumps(v)
+        except TypeError:
+            raise UserError(f"episode metadata {k!r}={v!r} is not JSON-serialisable") from None
+        out[k] = v
+    if out.get("source", "unknown") not in SOURCES:
+        raise UserError(f"episode source {out['source']!r} must be one of {SOURCES}")
+    out.setdefault("source", "unknown")
+    return out

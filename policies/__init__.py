@@ -1,0 +1,1 @@
+"""handoff policies: diffusion and ACT behind one interface, one trainer, safe checkpoints."""

@@ -1,0 +1,1 @@
+"""handoff ROS 2 nodes: thin rclpy wrappers over plain Python."""

@@ -1,0 +1,1 @@
+"""handoff simulation: robosuite/MuJoCo tasks, scripted experts, the simulated arm, evaluation."""
