@@ -1,0 +1,304 @@
+"""Training windows from a demonstration store, and normalisation statistics.
+
+A sample is centred on a current step t of one episode::
+
+    obs    steps t-To+1 .. t            (To = n_obs_steps)
+    action steps t-To+1 .. t-To+Tp      (Tp = horizon; executed actions start at index To-1)
+
+as in diffusion_policy, so one dataset serves diffusion (To=2, Tp=16) and ACT (To=1, Tp=chunk).
+Steps outside the episode repeat its first/last step (edge padding); ``action_is_pad`` marks
+action steps past the episode end, so a loss can ignore them.
+
+Low-dim arrays are read into memory once (they are small); image frames are read per sample.
+For the common layouts (a local zarr 3 store with one Blosc-compressed frame per chunk, or a
+diffusion_policy/UMI format-2 store with a numcodecs compressor) frames are decoded straight
+from the chunk files, skipping zarr's per-call overhead; every other store goes through zarr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from data.errors import UserError
+from data.store import DemoStore, is_image_array
+
+STATS_BLOCK_ROWS = 65536  # rows per streamed block when computing statistics
+IMAGE_STATS_MAX_FRAMES = 512  # image statistics come from an evenly strided subsample
+
+
+class FrameReader:
+    """Reads frames ``arr[idx]`` of a uint8 (N, H, W, C) image array, fast where it can."""
+
+    def __init__(self, arr: zarr.Array, label: str) -> None:
+        self.arr = arr
+        self.label = label
+        self.frame_shape = tuple(arr.shape[1:])
+        self._decode, self._chunk_path = _direct_decoder(arr)
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        """idx: (n,) int -> (n, H, W, C) uint8."""
+        if self._decode is None:
+            unique, inverse = np.unique(idx, return_inverse=True)
+            frames = self.arr.get_orthogonal_selection((unique,))
+            return frames[inverse]
+        out = np.empty((len(idx), *self.frame_shape), dtype=np.uint8)
+        cache: dict[int, np.ndarray] = {}
+        for j, i in enumerate(idx.tolist()):
+            if i not in cache:
+                cache[i] = self._read_one(i)
+            out[j] = cache[i]
+        return out
+
+    def _read_one(self, i: int) -> np.ndarray:
+        path = self._chunk_path(i)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:  # never-written chunk: zarr's fill value
+            return np.zeros(self.frame_shape, dtype=np.uint8)
+        try:
+            buf = self._decode(raw)
+            return np.frombuffer(buf, dtype=np.uint8).reshape(self.frame_shape)
+        except Exception as e:  # a truncated or corrupt chunk file
+            raise UserError(
+                f"{path}: cannot decode frame {i} of {self.label} ({e}); the chunk "
+                f"is damaged — run `handoff-data validate` on the store"
+            ) from None
+
+
+def _direct_decoder(arr: zarr.Array) -> tuple[Any, Any]:
+    """(decode(bytes) -> bytes, chunk_path(i) -> Path) for layouts we can read directly."""
+    store = arr.store_path.store
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path) or arr.chunks[0] != 1 or tuple(arr.chunks[1:]) != arr.shape[1:]:
+        return None, None
+    base = root / arr.store_path.path
+    meta = arr.metadata
+    if meta.zarr_format == 3:
+        if getattr(arr, "shards", None):
+            return None, None
+        from zarr.codecs import BloscCodec, BytesCodec
+
+        codecs = list(meta.codecs)
+        if not codecs or not isinstance(codecs[0], BytesCodec):
+            return None, None
+        rest = codecs[1:]
+        if not rest:
+            decode = bytes
+        elif len(rest) == 1 and isinstance(rest[0], BloscCodec):
+            import numcodecs
+
+            decode = numcodecs.Blosc().decode
+        else:
+            return None, None
+        zeros = (0,) * (arr.ndim - 1)
+        return decode, lambda i: base / meta.encode_chunk_key((i, *zeros))
+    if meta.filters:
+        return None, None
+    compressor = meta.compressor
+    sep = meta.dimension_separator or "."
+    tail = sep.join("0" for _ in range(arr.ndim - 1))
+    decode = compressor.decode if compressor is not None else bytes
+    return decode, lambda i: base / f"{i}{sep}{tail}"
+
+
+class SequenceDataset:
+    """Windows of To observation steps and Tp action steps (see module docstring).
+
+    ``store`` is a DemoStore or a path (reopened lazily in each DataLoader worker).
+    ``episodes`` restricts sampling to those episode indices (e.g. successful only).
+    """
+
+    def __init__(
+        self,
+        store: DemoStore | str | Path,
+        obs_keys: Sequence[str],
+        action_key: str = "action",
+        n_obs_steps: int = 2,
+        horizon: int = 16,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
+        if n_obs_steps < 1 or horizon < 1:
+            raise ValueError("n_obs_steps and horizon must be >= 1")
+        self._path = store.path if isinstance(store, DemoStore) else str(store)
+        self._store = store if isinstance(store, DemoStore) else None
+        s = self.store
+        missing = [k for k in [*obs_keys, action_key] if k not in s.data]
+        if missing:
+            raise UserError(
+                f"{self._path}: key(s) {missing} needed by the policy are not in the "
+                f"store (it has {s.keys})"
+            )
+        self.obs_keys = list(obs_keys)
+        self.action_key = action_key
+        self.To = n_obs_steps
+        self.Tp = horizon
+        data = s.data
+        self.image_keys = [k for k in self.obs_keys if is_image_array(data[k])]
+        self.lowdim_keys = [k for k in self.obs_keys if k not in self.image_keys]
+        self._lowdim = {
+            k: np.asarray(data[k][: s.n_steps], dtype=np.float32)
+            for k in [*self.lowdim_keys, action_key]
+        }
+        ends = s.episode_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        chosen = range(s.n_episodes) if episodes is None else episodes
+        t, lo, hi = [], [], []
+        for e in chosen:
+            if not 0 <= e < s.n_episodes:
+                raise UserError(f"{self._path}: episode {e} out of range ({s.n_episodes} episodes)")
+            t.append(np.arange(starts[e], ends[e]))
+            lo.append(np.full(ends[e] - starts[e], starts[e]))
+            hi.append(np.full(ends[e] - starts[e], ends[e]))
+        if not t or sum(len(x) for x in t) == 0:
+            raise UserError(f"{self._path}: no steps to sample (no episodes selected)")
+        self._t = np.concatenate(t)
+        self._lo = np.concatenate(lo)
+        self._hi = np.concatenate(hi)
+        self.episodes = list(chosen)
+        self._readers: dict[str, FrameReader] | None = None
+
+    @property
+    def store(self) -> DemoStore:
+        if self._store is None:
+            self._store = DemoStore.open(self._path, "r")
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers reopen the store and their own readers
+        state = self.__dict__.copy()
+        state["_store"] = None
+        state["_readers"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def _frames(self, key: str, idx: np.ndarray) -> np.ndarray:
+        if self._readers is None:
+            self._readers = {
+                k: FrameReader(self.store.data[k], f"data/{k}") for k in self.image_keys
+            }
+        return self._readers[key].read(idx)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        t, lo, hi = int(self._t[i]), int(self._lo[i]), int(self._hi[i])
+        first = t - self.To + 1
+        obs_idx = np.clip(np.arange(first, t + 1), lo, hi - 1)  # (To,)
+        act_steps = np.arange(first, first + self.Tp)  # (Tp,)
+        act_idx = np.clip(act_steps, lo, hi - 1)
+        obs = {k: torch.from_numpy(self._lowdim[k][obs_idx]) for k in self.lowdim_keys}
+        for k in self.image_keys:
+            obs[k] = torch.from_numpy(self._frames(k, obs_idx))  # (To, H, W, C) uint8
+        return {
+            "obs": obs,
+            "action": torch.from_numpy(self._lowdim[self.action_key][act_idx]),  # (Tp, Da)
+            "action_is_pad": torch.from_numpy(act_steps >= hi),  # (Tp,)
+        }
+
+
+def select_episodes(
+    store: DemoStore, *, success: bool | None = None, source: str | None = None
+) -> list[int]:
+    """Episode indices matching the filters (None = any)."""
+    conditions: dict[str, Any] = {}
+    if success is not None:
+        conditions["success"] = success
+    if source is not None:
+        conditions["source"] = source
+    return store.episodes_where(**conditions)
+
+
+def split_episodes(
+    store: DemoStore, val_fraction: float, seed: int = 0, episodes: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """Deterministic train/val split by episode (never by step: windows would leak)."""
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val fraction must be in [0, 1), got {val_fraction}")
+    ids = np.array(list(range(store.n_episodes) if episodes is None else episodes))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(len(ids) * val_fraction))
+    if val_fraction > 0 and len(ids) > 1:
+        n_val = max(1, n_val)
+    val = sorted(ids[order[:n_val]].tolist())
+    train = sorted(ids[order[n_val:]].tolist())
+    return train, val
+
+
+def compute_stats(
+    store: DemoStore, keys: Sequence[str], episodes: Sequence[int] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-key min/max/mean/std over the last axis, in one streaming pass (bounded memory).
+
+    Image keys give per-channel statistics of pixels scaled to [0, 1], from an evenly strided
+    subsample of frames. ``episodes`` restricts the pass to those episodes.
+    """
+    data = store.data
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise UserError(f"{store.path}: key(s) {missing} not in the store (it has {store.keys})")
+    ranges = [
+        store.episode_slice(e) for e in (range(store.n_episodes) if episodes is None else episodes)
+    ]
+    out = {}
+    for key in keys:
+        arr = data[key]
+        if is_image_array(arr):
+            steps = np.concatenate([np.arange(r.start, r.stop) for r in ranges])
+            pick = steps[
+                np.linspace(0, len(steps) - 1, min(len(steps), IMAGE_STATS_MAX_FRAMES)).astype(int)
+            ]
+            frames = FrameReader(arr, f"data/{key}").read(pick).astype(np.float32) / 255.0
+            flat = frames.reshape(-1, frames.shape[-1])
+            acc = _Moments(flat.shape[-1])
+            acc.add(flat)
+        else:
+            acc = _Moments(int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
+            for r in ranges:
+                for start in range(r.start, r.stop, STATS_BLOCK_ROWS):
+                    block = np.asarray(arr[start : min(r.stop, start + STATS_BLOCK_ROWS)])
+                    acc.add(block.reshape(len(block), -1).astype(np.float64))
+        out[key] = acc.result(key)
+    return out
+
+
+class _Moments:
+    """Streaming min/max/mean/std (float64 sums)."""
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.sum = np.zeros(dim)
+        self.sumsq = np.zeros(dim)
+        self.min = np.full(dim, np.inf)
+        self.max = np.full(dim, -np.inf)
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        x = x.astype(np.float64)
+        self.n += len(x)
+        self.sum += x.sum(0)
+        self.sumsq += (x * x).sum(0)
+        self.min = np.minimum(self.min, x.min(0))
+        self.max = np.maximum(self.max, x.max(0))
+
+    def result(self, key: str) -> dict[str, np.ndarray]:
+        if self.n == 0:
+            raise UserError(f"no data to compute statistics of {key!r}")
+        mean = self.sum / self.n
+        var = np.maximum(self.sumsq / self.n - mean * mean, 0.0)
+        return {
+            name: v.astype(np.float32)
+            for name, v in (
+                ("min", self.min),
+                ("max", self.max),
+                ("mean", mean),
+                ("std", np.sqrt(var)),
+            )
+        }
