@@ -22,6 +22,9 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # output piped into `head` and closed early
+            sys.stderr.close()
+            sys.exit(0)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

@@ -1,0 +1,256 @@
+"""handoff-data: inspect, check, combine and export demonstration stores.
+
+handoff-data info STORE [--json]
+handoff-data validate STORE
+handoff-data merge SRC [SRC ...] OUT [--force]
+handoff-data split STORE TRAIN_OUT VAL_OUT [--val-fraction 0.1] [--seed 0] [--force]
+handoff-data delete STORE --episodes 3,5 [--yes]
+handoff-data export-video STORE --episode N --out FILE.mp4 [--force]
+handoff-data convert --from FORMAT --to FORMAT SRC DST [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data.dataset import split_episodes
+from data.errors import UserError, cli_main
+from data.store import DemoStore
+
+
+def _size_on_disk(path: str) -> int | None:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if not p.is_dir():
+        return None
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _codec_name(arr) -> str:
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        return str(meta.compressor.codec_id) if meta.compressor is not None else "none"
+    names = [type(c).__name__.removesuffix("Codec").lower() for c in meta.codecs]
+    for c in meta.codecs:
+        if hasattr(c, "cname"):
+            names.append(str(c.cname.value))
+    return "+".join(names)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    store = DemoStore.open(args.store)
+    info = store.summary()
+    info["size_bytes"] = _size_on_disk(store.path)
+    info["keys"] = {
+        k: {
+            "shape": list(a.shape),
+            "dtype": str(a.dtype),
+            "chunks": list(a.chunks),
+            "codec": _codec_name(a),
+        }
+        for k, a in sorted(store.data.items())
+    }
+    sources: dict[str, int] = {}
+    tasks: dict[str, int] = {}
+    for i in range(store.n_episodes):
+        meta = store.episode_meta(i)
+        sources[meta.get("source", "unknown")] = sources.get(meta.get("source", "unknown"), 0) + 1
+        if "task" in meta:
+            tasks[meta["task"]] = tasks.get(meta["task"], 0) + 1
+    info["sources"], info["tasks"] = sources, tasks
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    size = info["size_bytes"]
+    print(
+        f"store      {info['path']}  (zarr format {info['zarr_format']}"
+        + (f", {size / 1e6:.1f} MB on disk)" if size is not None else ")")
+    )
+    print(f"embodiment {info['embodiment'] or '-'}")
+    lengths = info["episode_length"]
+    print(
+        f"episodes   {info['episodes']}  steps {info['steps']}  length min/mean/max "
+        f"{lengths['min']}/{lengths['mean']:.1f}/{lengths['max']}"
+    )
+    succ = info["success"]
+    if succ["known"]:
+        print(f"success    {succ['successful']}/{succ['known']} episodes with a known outcome")
+    print(f"sources    {sources or '-'}   tasks {tasks or '-'}")
+    print(f"{'key':<16} {'shape':<22} {'dtype':<8} {'chunks':<20} codec")
+    for k, v in info["keys"].items():
+        print(
+            f"{k:<16} {str(tuple(v['shape'])):<22} {v['dtype']:<8} "
+            f"{str(tuple(v['chunks'])):<20} {v['codec']}"
+        )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from data.validate import validate_store
+
+    store = DemoStore.open(args.store)
+    problems = validate_store(store, progress=not args.quiet)
+    for p in problems:
+        print(p)
+    if problems:
+        return 1
+    print(f"{store.path}: ok ({store.n_episodes} episodes, {store.n_steps} steps)")
+    return 0
+
+
+def _copy_episodes(
+    sources: list[tuple[DemoStore, list[int]]], out: str, force: bool, desc: str
+) -> DemoStore:
+    """Write the chosen episodes of each source into a new store at ``out``."""
+    first = sources[0][0]
+    spec = first.embodiment
+    for src, _ in sources[1:]:
+        other = src.embodiment
+        if (spec is None) != (other is None) or (spec and other and spec.compatible_with(other)):
+            why = spec.compatible_with(other) if spec and other else ["one has no embodiment spec"]
+            raise UserError(f"{src.path} is incompatible with {first.path}: {'; '.join(why)}")
+        if sorted(src.keys) != sorted(first.keys):
+            raise UserError(f"{src.path} has keys {src.keys}, {first.path} has {first.keys}")
+    for src, _ in sources:
+        if Path(src.path).resolve() == Path(out).resolve():
+            raise UserError(f"output {out} is also an input; choose a new path")
+    tmp = f"{out}.partial"
+    dst = DemoStore.create(tmp, spec, force=True)
+    total = sum(len(ids) for _, ids in sources)
+    with tqdm(total=total, desc=desc, unit="episode", disable=total < 5) as bar:
+        for src, ids in sources:
+            for i in ids:
+                dst.append_episode(src.episode(i), **src.episode_meta(i))
+                bar.update()
+    if Path(out).exists():
+        if not force:
+            shutil.rmtree(tmp)
+            raise UserError(f"{out} already exists; pass --force to overwrite it")
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return DemoStore.open(out)
+
+
+def _refuse_existing(path: str, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    _refuse_existing(args.out, args.force)
+    stores = [DemoStore.open(p) for p in args.sources]
+    out = _copy_episodes(
+        [(s, list(range(s.n_episodes))) for s in stores], args.out, args.force, "merge"
+    )
+    print(f"{out.path}: {out.n_episodes} episodes, {out.n_steps} steps")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    for p in (args.train_out, args.val_out):
+        _refuse_existing(p, args.force)
+    store = DemoStore.open(args.store)
+    train, val = split_episodes(store, args.val_fraction, args.seed)
+    for path, ids in ((args.train_out, train), (args.val_out, val)):
+        out = _copy_episodes([(store, ids)], path, args.force, f"split -> {path}")
+        print(f"{out.path}: {out.n_episodes} episodes ({ids})")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = DemoStore.open(args.store, "a")
+    try:
+        ids = sorted({int(x) for x in args.episodes.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--episodes {args.episodes!r}: give comma-separated indices") from None
+    for i in ids:
+        store.episode_slice(i)
+    if not args.yes:
+        raise UserError(f"this deletes episodes {ids} of {store.path}; add --yes to confirm")
+    store.delete_episodes(ids)
+    print(f"{store.path}: deleted {len(ids)} episodes, {store.n_episodes} remain")
+    return 0
+
+
+def cmd_export_video(args: argparse.Namespace) -> int:
+    from data.video import export_episode_video
+
+    store = DemoStore.open(args.store)
+    out = export_episode_video(store, args.episode, args.out, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="handoff-data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="episodes, keys, shapes, codecs, size, success summary")
+    s.add_argument("store", help="store path (.zarr directory, .zarr.zip, or fsspec URL)")
+    s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("validate", help="check the store; one line per problem, exit 1 if any")
+    s.add_argument("store")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("merge", help="merge stores with the same embodiment into a new store")
+    s.add_argument("sources", nargs="+", metavar="SRC")
+    s.add_argument("out", metavar="OUT")
+    s.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("split", help="split by episode into a train and a validation store")
+    s.add_argument("store")
+    s.add_argument("train_out", metavar="TRAIN_OUT")
+    s.add_argument("val_out", metavar="VAL_OUT")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes (0.1)")
+    s.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+    s.add_argument("--force", action="store_true", help="overwrite outputs if they exist")
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("delete", help="delete episodes from a store (rewrites it safely)")
+    s.add_argument("store")
+    s.add_argument("--episodes", required=True, help="comma-separated episode indices")
+    s.add_argument("--yes", action="store_true", help="confirm the deletion")
+    s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("export-video", help="an episode's cameras and signals to an mp4")
+    s.add_argument("store")
+    s.add_argument("--episode", type=int, required=True, help="episode index (negative from end)")
+    s.add_argument("--out", required=True, help="output .mp4 path")
+    s.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    s.set_defaults(func=cmd_export_video)
+
+    try:
+        from data.convert.cli import add_convert_parser
+    except ImportError:
+        pass
+    else:
+        add_convert_parser(sub)
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
