@@ -1,0 +1,188 @@
+"""Pieces every handoff node shares: typed parameters, /diagnostics, joint-name matching, main().
+
+Parameters: each node keeps a dataclass whose fields carry a ``description`` in their metadata
+(:func:`param`). :func:`declare_params` declares every field with its default and a
+ParameterDescriptor, reads the values (from ``config/*.yaml`` or ``--ros-args -p``) and builds
+the dataclass, whose ``__post_init__`` validates them. The launch-file tests read the same
+dataclasses, so "every parameter a launch file sets is declared by the node" is checked
+against the code that declares them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+
+from data.errors import UserError
+
+P = TypeVar("P")
+
+OK, WARN, ERROR = 0, 1, 2  # DiagnosticStatus levels as ints (the message field is a byte)
+
+
+def param(default: Any, description: str) -> Any:
+    """A dataclass field that is also a ROS parameter (default + description)."""
+    return field(default=default, metadata={"description": description})
+
+
+def param_fields(cls: type) -> dict[str, tuple[Any, str]]:
+    """{name: (default, description)} of a parameter dataclass."""
+    out = {}
+    for f in fields(cls):
+        if f.default is MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a default (every parameter has one)")
+        out[f.name] = (f.default, f.metadata.get("description", ""))
+    return out
+
+
+def declare_params(node: Node, cls: type[P]) -> P:
+    """Declare every field of ``cls`` on ``node`` and return the validated values."""
+    values = {}
+    for name, (default, description) in param_fields(cls).items():
+        descriptor = ParameterDescriptor(description=description, read_only=True)
+        values[name] = node.declare_parameter(name, default, descriptor).value
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"node {node.get_name()}: bad parameter: {e}") from None
+
+
+def stamp_to_sec(stamp: Any) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def now_sec(node: Node) -> float:
+    """The node's clock in seconds (sim time when use_sim_time is set)."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+@dataclass
+class JointMatcher:
+    """Picks the spec's joints out of a JointState by name (never by position in the message)."""
+
+    names: Sequence[str]
+    _cache: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
+
+    def indices(self, msg_names: Sequence[str]) -> np.ndarray:
+        key = tuple(msg_names)
+        if key not in self._cache:
+            lookup = {n: i for i, n in enumerate(key)}
+            missing = [n for n in self.names if n not in lookup]
+            self._cache[key] = (
+                None if missing else np.array([lookup[n] for n in self.names], dtype=np.int64)
+            )
+        idx = self._cache[key]
+        if idx is None:
+            missing = [n for n in self.names if n not in key]
+            raise ValueError(f"joint_states lacks joint(s) {missing}; got {list(key)}")
+        return idx
+
+    def positions(self, msg: JointState) -> np.ndarray:
+        """(J,) positions in spec order; ValueError names missing joints or short arrays."""
+        idx = self.indices(msg.name)
+        if len(msg.position) != len(msg.name):
+            n, m = len(msg.name), len(msg.position)
+            raise ValueError(f"joint_states has {n} names but {m} positions")
+        return np.asarray(msg.position, dtype=np.float64)[idx]
+
+    def velocities(self, msg: JointState) -> np.ndarray:
+        """(J,) velocities in spec order, zeros when the driver publishes none."""
+        idx = self.indices(msg.name)
+        if len(msg.velocity) != len(msg.name):
+            return np.zeros(len(self.names))
+        return np.asarray(msg.velocity, dtype=np.float64)[idx]
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus on /diagnostics every ``period`` seconds.
+
+    ``report()`` returns (level, message, {key: value}); problems seen in callbacks are
+    recorded with :meth:`problem` and shown (and counted) until they stop recurring.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        report: Callable[[], tuple[int, str, dict[str, Any]]],
+        period: float = 1.0,
+    ) -> None:
+        self.node = node
+        self.report = report
+        self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.problems: dict[str, tuple[int, float]] = {}  # message -> (count, last time)
+        self.timer = node.create_timer(period, self.publish)
+        self.hold_s = max(5.0, 3 * period)
+
+    def problem(self, message: str) -> None:
+        count = self.problems.get(message, (0, 0.0))[0] + 1
+        self.problems[message] = (count, time.monotonic())
+        if count == 1 or count % 100 == 0:  # log the first and then every 100th
+            self.node.get_logger().warning(f"{message} (x{count})")
+
+    def publish(self) -> None:
+        level, message, values = self.report()
+        recent = {m: c for m, (c, t) in self.problems.items() if time.monotonic() - t < self.hold_s}
+        if recent:
+            level = max(level, WARN)
+            message = "; ".join(f"{m} (x{c})" for m, c in recent.items())
+        status = DiagnosticStatus()
+        status.level = bytes([level_value(level)])
+        status.name = self.node.get_fully_qualified_name()
+        status.hardware_id = str(values.pop("hardware_id", ""))
+        status.message = message
+        status.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.status = [status]
+        self.pub.publish(msg)
+
+
+def level_value(level: Any) -> int:
+    """DiagnosticStatus.level as an int (rclpy gives ``bytes`` for the byte type)."""
+    return level[0] if isinstance(level, bytes | bytearray) else int(level)
+
+
+def run_node(
+    make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1
+) -> None:
+    """The rclpy examples' main(): init, spin, clean shutdown on Ctrl-C or external shutdown.
+
+    A :class:`UserError` while building the node (bad parameter, missing file) prints one line
+    and exits with status 2.
+    """
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        if threads > 1:
+            executor = MultiThreadedExecutor(num_threads=threads)
+            executor.add_node(node)
+            executor.spin()
+        else:
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()

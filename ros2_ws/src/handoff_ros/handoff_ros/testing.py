@@ -1,0 +1,160 @@
+"""Helpers for tests and benchmarks that run handoff nodes over real DDS on loopback.
+
+Every process started here gets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and the caller's
+``ROS_DOMAIN_ID``, so no traffic leaves the machine and parallel runs do not see each other.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+_counter = 0
+
+
+def fresh_domain_id() -> int:
+    """A ROS_DOMAIN_ID in 1..101 derived from the pid (plus a counter per call in a process)."""
+    global _counter
+    _counter += 1
+    return 1 + (os.getpid() * 7 + _counter) % 101
+
+
+def ros_env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("MUJOCO_GL", "osmesa")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def param_args(params: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in params.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out += ["-p", f"{k}:={v}"]
+    return out
+
+
+class NodeProcess:
+    """``python -m handoff_ros.<node> --ros-args ...`` as a child process; logs go to a file."""
+
+    def __init__(
+        self,
+        node: str,
+        domain_id: int,
+        params: dict[str, Any] | None = None,
+        log_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        remap: dict[str, str] | None = None,
+    ) -> None:
+        args = [sys.executable, "-m", f"handoff_ros.{node}", "--ros-args"]
+        args += param_args(params or {})
+        for a, b in (remap or {}).items():
+            args += ["-r", f"{a}:={b}"]
+        args += extra_args or []
+        self.log_path = (log_dir or Path("/tmp")) / f"{node}-{os.getpid()}-{time.time_ns()}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            args, env=ros_env(domain_id), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGINT (clean shutdown), then SIGKILL after 5 s; returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def nodes(*procs: NodeProcess) -> Iterator[tuple[NodeProcess, ...]]:
+    """Stop every process on exit, whatever happened."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+class Probe:
+    """An in-process rclpy node on its own context: subscribe, publish, call, wait."""
+
+    def __init__(self, domain_id: int, name: str = "probe") -> None:
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.msgs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
+
+    def subscribe(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> None:
+        def cb(msg: Any) -> None:
+            self.msgs[topic].append((time.time(), msg))
+
+        self.node.create_subscription(msg_type, topic, cb, qos)
+
+    def spin_until(self, cond: Callable[[], bool], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return cond()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        if not self.spin_until(client.service_is_ready, timeout):
+            raise TimeoutError(f"service {name} did not appear within {timeout} s")
+        future = client.call_async(request)
+        if not self.spin_until(future.done, timeout):
+            raise TimeoutError(f"service {name} did not answer within {timeout} s")
+        self.node.destroy_client(client)
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
