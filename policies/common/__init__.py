@@ -1,0 +1,1 @@
+"""Pieces every policy shares: config base, normaliser, vision backbone, observation encoder."""

@@ -1,0 +1,114 @@
+"""The base of every policy config: typed, validated in ``__post_init__``, strict about keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from data.errors import UserError
+
+NORM_MODES = ("min_max", "mean_std", "identity")
+
+
+@dataclass
+class PolicyConfig:
+    """Fields every policy has. Subclasses add their own and call ``super().__post_init__()``.
+
+    ``obs_keys`` None means "whatever the training store holds" (its low-dim keys and
+    cameras, checked against the embodiment spec); the trainer resolves it before the model is
+    built, so a saved config always lists the keys the checkpoint consumes.
+    """
+
+    name: ClassVar[str] = ""
+
+    obs_keys: list[str] | None = None
+    n_obs_steps: int = 1  # To
+    horizon: int = 1  # Tp: predicted action steps
+    n_action_steps: int = 1  # Ta: executed action steps per prediction
+    # Images: crop to this fraction of each side (random in training, centred at inference);
+    # diffusion_policy crops 84 -> 76 on robomimic, i.e. ~0.9.
+    crop_ratio: float = 1.0
+    vision_width: int = 64  # ResNet-18 stem width; 64 is the standard ResNet-18
+    lowdim_norm: str = "min_max"
+    action_norm: str = "min_max"
+    exclude_keys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key in ("n_obs_steps", "horizon", "n_action_steps", "vision_width"):
+            if int(getattr(self, key)) < 1:
+                raise UserError(f"{self.name} config: {key} must be >= 1")
+        if not 0.5 <= self.crop_ratio <= 1.0:
+            raise UserError(f"{self.name} config: crop_ratio must be in [0.5, 1.0]")
+        if self.vision_width % 16:
+            raise UserError(
+                f"{self.name} config: vision_width must be a multiple of 16 (GroupNorm uses "
+                f"width/16 groups)"
+            )
+        for key in ("lowdim_norm", "action_norm"):
+            if getattr(self, key) not in NORM_MODES:
+                raise UserError(f"{self.name} config: {key} must be one of {NORM_MODES}")
+        if self.obs_keys is not None and not self.obs_keys:
+            raise UserError(f"{self.name} config: obs_keys is empty; list keys or leave it unset")
+
+    # ---- (de)serialisation -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> PolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(
+                f"{source}: unknown {cls.name} config key(s) {sorted(unknown)}; "
+                f"valid keys: {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kw = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in d.items()}
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> PolicyConfig:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _coerce(v: Any, hint: Any, where: str) -> Any:
+    """YAML/JSON values -> the field's type (lists to tuples, ints to floats), or a clear error."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if v is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(v, a, where)
+            except UserError:
+                continue
+        raise UserError(f"{where} = {v!r} does not fit type {hint}")
+    if origin in (list, tuple):
+        if not isinstance(v, list | tuple):
+            raise UserError(f"{where} must be a list, got {v!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(x, inner, where) for x in v]
+        return tuple(items) if origin is tuple else items
+    if hint is float and isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    if hint is int and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if hint is bool and isinstance(v, bool):
+        return v
+    if hint is str and isinstance(v, str):
+        return v
+    if hint is Any:
+        return v
+    raise UserError(f"{where} = {v!r} must be of type {getattr(hint, '__name__', hint)}")

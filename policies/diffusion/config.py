@@ -1,0 +1,78 @@
+"""Diffusion Policy config. Defaults are the paper's CNN variant (Chi et al., RSS 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from data.errors import UserError
+from policies.common.config import PolicyConfig
+
+DENOISERS = ("unet", "transformer")
+INFERENCE_SCHEDULERS = ("ddim", "dpmsolver", "ddpm")
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
+@dataclass
+class DiffusionConfig(PolicyConfig):
+    name: ClassVar[str] = "diffusion"
+
+    n_obs_steps: int = 2  # To = 2, paper Table 12
+    horizon: int = 16  # Tp = 16, paper Table 12
+    n_action_steps: int = 8  # Ta = 8, paper Table 12
+    crop_ratio: float = 0.9  # 84 -> 76 px random crop, diffusion_policy robomimic configs
+    lowdim_norm: str = "min_max"  # [-1, 1] like the actions the sampler clips
+    action_norm: str = "min_max"
+
+    denoiser: str = "unet"
+    # CNN U-Net: channel widths per level, conv kernel, GroupNorm groups (paper: 256/512/1024, 5, 8)
+    down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 128  # diffusion_policy default
+    # Transformer denoiser (paper's time-series diffusion transformer: 8 layers, 4 heads, 256)
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_attn: float = 0.3  # diffusion_policy transformer default
+
+    # Schedulers: DDPM with 100 train steps and squared-cosine betas (paper sec. 4, iDDPM)
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    inference_scheduler: str = "ddim"
+    num_inference_steps: int = 10  # DDIM with 10 steps: paper sec. 4.3 (0.1 s on a 3080)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise UserError(
+                f"diffusion config: n_action_steps ({self.n_action_steps}) must be <= horizon - "
+                f"n_obs_steps + 1 ({self.horizon - self.n_obs_steps + 1}); executed actions start "
+                f"at the last observed step"
+            )
+        if self.denoiser not in DENOISERS:
+            raise UserError(f"diffusion config: denoiser must be one of {DENOISERS}")
+        if self.inference_scheduler not in INFERENCE_SCHEDULERS:
+            raise UserError(
+                f"diffusion config: inference_scheduler must be one of {INFERENCE_SCHEDULERS}"
+            )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"diffusion config: prediction_type must be one of {PREDICTION_TYPES}")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise UserError(
+                "diffusion config: num_inference_steps must be in [1, num_train_timesteps]"
+            )
+        if not self.down_dims or any(d % self.n_groups for d in self.down_dims):
+            raise UserError(
+                f"diffusion config: every down_dims entry must be a multiple of n_groups "
+                f"({self.n_groups})"
+            )
+        levels = len(self.down_dims) - 1  # the U-Net halves Tp at every level but the last
+        if self.denoiser == "unet" and self.horizon % (2**levels):
+            raise UserError(
+                f"diffusion config: horizon ({self.horizon}) must be divisible by "
+                f"{2**levels} for a U-Net with {len(self.down_dims)} levels"
+            )
+        if self.n_emb % self.n_head:
+            raise UserError("diffusion config: n_emb must be divisible by n_head")
