@@ -1,0 +1,248 @@
+"""The recorder's plain-Python core: live streams -> fixed-rate steps -> the store (no ROS).
+
+Each topic is a :class:`Stream` of (stamp, {store key: value}) messages. On every control tick
+``t`` (a fixed grid at the spec's rate) every stream contributes its newest message with
+stamp <= t that is at most ``max_age`` old -- data/align.py's rule, the same one the rosbag
+importer uses. A stream with no fresh message holds its newest value and marks the step a gap;
+an episode with gap steps is committed with ``has_gaps: true`` and per-stream gap counts.
+
+Writing happens on a background thread through ``DemoStore.episode_writer()``: callbacks only
+append to bounded deques and a queue, so they never wait on compression or disk. The writer
+streams steps to the arrays as they come, so a killed recorder loses only the unfinished
+episode (the store truncates it on the next open).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from data.align import latest_index
+from data.store import DemoStore
+from handoff_ros.images import fit
+
+
+@dataclass
+class StreamStats:
+    received: int = 0
+    dropped: int = 0  # estimated from stamp gaps larger than 1.5 median periods
+    latency: deque = field(default_factory=lambda: deque(maxlen=200))  # receive - stamp, s
+    stamps: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    def rate_hz(self) -> float:
+        if len(self.stamps) < 2:
+            return 0.0
+        span = self.stamps[-1] - self.stamps[0]
+        return (len(self.stamps) - 1) / span if span > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latency) * 1e3 if self.latency else np.zeros(1)
+        return {
+            "rate_hz": round(self.rate_hz(), 2),
+            "received": self.received,
+            "dropped": self.dropped,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
+            "latency_ms_max": round(float(lat.max()), 2),
+        }
+
+
+class Stream:
+    """Recent messages of one topic; ``max_age`` None = the value never goes stale (a command
+    a position controller keeps holding)."""
+
+    def __init__(self, name: str, max_age: float | None, keep: int = 64) -> None:
+        self.name = name
+        self.max_age = max_age
+        self._stamps: deque[float] = deque(maxlen=keep)
+        self._values: deque[dict[str, np.ndarray]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self.stats = StreamStats()
+
+    def push(self, stamp: float, values: dict[str, np.ndarray], received: float) -> None:
+        with self._lock:
+            self._stamps.append(stamp)
+            self._values.append(values)
+        s = self.stats
+        if len(s.stamps) >= 4 and stamp > s.stamps[-1]:
+            period = float(np.median(np.diff(np.asarray(s.stamps)[-16:])))
+            gap = stamp - s.stamps[-1]
+            if period > 0 and gap > 1.5 * period:
+                s.dropped += round(gap / period) - 1
+        s.received += 1
+        s.latency.append(received - stamp)
+        s.stamps.append(stamp)
+
+    def at(self, tick: float) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """(values, gap) at ``tick`` by the alignment rule; values None when no message is
+        stamped at or before ``tick``."""
+        with self._lock:
+            if not self._stamps:
+                return None, True
+            stamps = np.fromiter(self._stamps, dtype=np.float64, count=len(self._stamps))
+            idx, gap = latest_index(stamps, tick, self.max_age)
+            i = int(idx[0])
+            # live there is no "first message" to edge-pad with: before it there is nothing
+            return (None, True) if i < 0 else (self._values[i], bool(gap[0]))
+
+
+Default = dict[str, np.ndarray] | Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class EpisodeRecorder:
+    """Steps from streams at fixed ticks; episodes written by a background thread.
+
+    ``image_shapes`` maps camera keys to the stored (H, W); frames are resized in the writer
+    thread. ``optional`` gives values for streams that are silent (never spoke, or stale)
+    without counting a gap: a dict, or a function of the step assembled so far (streams are
+    visited in order), e.g. the operator's engaged flag when no teleop node runs, or "hold the
+    measured position" before the first command.
+    """
+
+    def __init__(
+        self,
+        store: DemoStore,
+        streams: dict[str, Stream],
+        image_shapes: dict[str, tuple[int, int]],
+        meta: dict[str, Any],
+        optional: dict[str, Default] | None = None,
+        max_queue: int = 256,
+    ) -> None:
+        self.store = store
+        self.streams = streams
+        self.image_shapes = image_shapes
+        self.meta = meta
+        self.optional = optional or {}
+        self.recording = False
+        self.success: bool | None = None
+        self.episodes_written = 0
+        self.steps = 0
+        self.queue_max = 0
+        self.write_errors: list[str] = []
+        self._gaps: dict[str, int] = {}
+        self._start_tick = 0.0
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._writer, name="recorder-writer", daemon=True)
+        self._thread.start()
+
+    # ---- control ----------------------------------------------------------------------------
+
+    def start(self, **meta: Any) -> str:
+        if self.recording:
+            return "already recording"
+        self.recording, self.success, self.steps = True, None, 0
+        self._gaps = {name: 0 for name in self.streams}
+        self._start_tick = math.nan
+        self._episode_meta = {**self.meta, **meta, "start_time": time.time()}
+        self._put(("start", None))
+        return f"recording episode {self.store.n_episodes + self.episodes_written}"
+
+    def stop(self) -> tuple[bool, str]:
+        if not self.recording:
+            return False, "not recording"
+        self.recording = False
+        if self.steps == 0:
+            self._put(("discard", None))
+            return False, "episode had no steps; discarded"
+        gaps = {k: v for k, v in self._gaps.items() if v}
+        meta = {
+            **self._episode_meta,
+            "success": self.success,
+            "has_gaps": bool(gaps),
+            "gap_steps": gaps,
+            "n_steps": self.steps,
+        }
+        self._put(("commit", meta))
+        return True, f"episode of {self.steps} steps committed" + (f", gaps {gaps}" if gaps else "")
+
+    def discard(self) -> tuple[bool, str]:
+        if not self.recording:
+            return False, "not recording"
+        self.recording = False
+        self._put(("discard", None))
+        return True, f"discarded {self.steps} steps"
+
+    def mark_success(self, success: bool) -> tuple[bool, str]:
+        if not self.recording:
+            return False, "not recording: mark success before ~/stop"
+        self.success = bool(success)
+        return True, f"episode marked success={self.success}"
+
+    # ---- the tick ---------------------------------------------------------------------------
+
+    def tick(self, t: float) -> dict[str, np.ndarray] | None:
+        """Assemble the step at tick ``t`` (seconds) and queue it when recording."""
+        step: dict[str, np.ndarray] = {}
+        for name, stream in self.streams.items():
+            values, gap = stream.at(t)
+            default = self.optional.get(name)
+            if default is not None and (values is None or (gap and stream.max_age is not None)):
+                values, gap = (default(step) if callable(default) else default), False
+            if values is None:
+                return None  # a required stream never spoke: nothing to record yet
+            if gap and self.recording:
+                self._gaps[name] += 1
+            step.update(values)
+        if self.recording:
+            if math.isnan(self._start_tick):
+                self._start_tick = t
+            step["timestamp"] = np.float64(t - self._start_tick)
+            self.steps += 1
+            self._put(("step", step))
+        return step
+
+    # ---- the writer thread ------------------------------------------------------------------
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        self._idle.clear()
+        self._q.put(item)  # blocks only if the writer is max_queue steps behind
+        self.queue_max = max(self.queue_max, self._q.qsize())
+
+    def _writer(self) -> None:
+        writer = None
+        while True:
+            kind, payload = self._q.get()
+            try:
+                if kind == "stop":
+                    if writer is not None:
+                        writer.discard()
+                    return
+                if kind == "start":
+                    writer = self.store.episode_writer()
+                elif kind == "step" and writer is not None:
+                    for key, (h, w) in self.image_shapes.items():
+                        payload[key] = fit(payload[key], h, w)
+                    writer.add_step(payload)
+                elif kind == "commit" and writer is not None:
+                    writer.commit(**payload)
+                    writer = None
+                    self.episodes_written += 1
+                elif kind == "discard" and writer is not None:
+                    writer.discard()
+                    writer = None
+            except Exception as e:  # noqa: BLE001 - reported on /diagnostics, never lost
+                self.write_errors.append(f"{kind}: {e}")
+                if writer is not None and kind != "step":
+                    writer = None
+            finally:
+                if self._q.empty():
+                    self._idle.set()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued is written."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        if self.recording:
+            self.discard()
+        self._q.put(("stop", None))
+        self._thread.join(timeout=30)

@@ -1,0 +1,105 @@
+"""The recorder's plain-Python core (no DDS): alignment, gaps, background writing, discard."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data.embodiment import load_embodiment
+from data.store import DemoStore
+from data.validate import validate_store
+from handoff_ros.recording import EpisodeRecorder, Stream
+
+SPEC = load_embodiment("sim_panda").with_cameras(["agentview"], (16, 16))
+
+
+def make(tmp_path):
+    store = DemoStore.create(tmp_path / "rec.zarr", SPEC)
+    streams = {
+        "joint_states": Stream("joint_states", max_age=0.1),
+        "agentview": Stream("agentview", max_age=0.1),
+        "action": Stream("action", max_age=None),
+        "engaged": Stream("engaged", max_age=0.5),
+    }
+    rec = EpisodeRecorder(
+        store,
+        streams,
+        {"agentview": (16, 16)},
+        {"task": "lift", "source": "teleop", "operator": "test"},
+        optional={
+            "action": lambda s: {"action": np.append(s["joint_pos"], -1.0).astype(np.float32)},
+            "engaged": {"intervention": np.array(False)},
+        },
+    )
+    return store, streams, rec
+
+
+def push_obs(streams, t, q):
+    streams["joint_states"].push(
+        t, {"joint_pos": np.full(7, q, np.float32), "joint_vel": np.zeros(7, np.float32)}, t
+    )
+    frame = np.full((32, 32, 3), int(q * 10) % 255, np.uint8)  # resized to 16x16 on write
+    streams["agentview"].push(t, {"agentview": frame}, t)
+
+
+def test_steps_follow_the_alignment_rule_and_episodes_validate(tmp_path):
+    store, streams, rec = make(tmp_path)
+    assert rec.tick(0.0) is None  # nothing heard yet: nothing to record
+    push_obs(streams, 0.0, 0.0)
+    rec.start(seed=3)
+    # before any command the action holds the measured position (no gap)
+    step = rec.tick(0.01)
+    np.testing.assert_array_equal(step["action"][:7], np.zeros(7))
+    assert not step["intervention"]
+    for k in range(1, 20):
+        t = k * 0.05
+        push_obs(streams, t - 0.01, float(k))  # observation stamped just before the tick
+        streams["action"].push(t + 0.001, {"action": np.full(8, k, np.float32)}, t)
+        streams["engaged"].push(t, {"intervention": np.array(k > 10)}, t)
+        step = rec.tick(t)
+        assert step["joint_pos"][0] == k  # newest stamp <= tick
+        # the command stamped after the tick is not used; before the first, hold the measured
+        assert step["action"][0] == (k - 1 if k > 1 else k)
+    rec.mark_success(True)
+    ok, msg = rec.stop()
+    assert ok, msg
+    assert rec.flush()
+    store = DemoStore.open(store.path)
+    assert store.n_episodes == 1 and store.n_steps == 20
+    meta = store.episode_meta(0)
+    assert meta["success"] is True and meta["has_gaps"] is False and meta["seed"] == 3
+    ep = store.episode(0)
+    assert ep["agentview"].shape == (20, 16, 16, 3)
+    assert ep["intervention"].dtype == bool and ep["intervention"][-1] and not ep["intervention"][5]
+    assert np.all(np.diff(ep["timestamp"]) > 0) and ep["timestamp"][0] == 0
+    assert validate_store(store, progress=False) == []
+    rec.close()
+
+
+def test_stale_stream_flags_the_episode_and_discard_leaves_nothing(tmp_path):
+    store, streams, rec = make(tmp_path)
+    push_obs(streams, 0.0, 0.0)
+    rec.start()
+    for k in range(10):
+        rec.tick(k * 0.05)  # joint_states never updates again: stale after 0.1 s
+    rec.stop()
+    rec.start()
+    push_obs(streams, 1.0, 1.0)
+    rec.tick(1.0)
+    rec.discard()
+    assert rec.flush()
+    rec.close()
+    store = DemoStore.open(store.path)
+    assert store.n_episodes == 1 and store.n_steps == 10
+    meta = store.episode_meta(0)
+    assert meta["has_gaps"] is True and meta["gap_steps"]["joint_states"] == 7
+    assert meta["success"] is None
+
+
+def test_drops_estimated_from_stamp_gaps():
+    s = Stream("cam", max_age=0.1)
+    stamps = [k / 30 for k in range(10)] + [k / 30 for k in range(13, 20)]  # 3 frames lost
+    for t in stamps:
+        s.push(t, {}, t + 0.002)
+    assert s.stats.dropped == 3
+    summary = s.stats.summary()
+    assert abs(summary["latency_ms_p50"] - 2.0) < 0.01 and 25 < summary["rate_hz"] < 31
