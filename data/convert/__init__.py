@@ -1,0 +1,104 @@
+"""Convert demonstrations between handoff stores, LeRobot, robomimic HDF5 and rosbag2.
+
+    from data.convert import convert
+    report = convert("demos.hdf5", "demos.zarr", "robomimic", "handoff")
+
+Formats are found by name in :data:`FORMATS` (``data.registry.Registry``); each module in this
+package registers one. Conversion streams one episode at a time (see data/convert/base.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from data.convert import handoff, lerobot, robomimic, rosbag  # noqa: F401  (registers formats)
+from data.convert.base import FORMATS, Episode, Format, Report
+from data.embodiment import Embodiment, load_embodiment
+from data.errors import UserError
+
+__all__ = ["FORMATS", "Episode", "Format", "Report", "convert"]
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    from_format: str,
+    to_format: str,
+    *,
+    force: bool = False,
+    embodiment: str | Path | Embodiment | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Convert SRC (in ``from_format``) to DST (in ``to_format``); returns the report dict.
+
+    ``embodiment`` (a spec name, YAML path or Embodiment) overrides the one the source carries;
+    reading a rosbag2 needs one. ``options`` are format options (e.g. ``fps``, ``video_codec``,
+    ``gap_s``); each must be understood by one of the two formats.
+    """
+    fin, fout = FORMATS.get(from_format), FORMATS.get(to_format)
+    if fin.open_reader is None:
+        readable = [n for n in FORMATS if FORMATS.get(n).open_reader]
+        raise UserError(f"format {from_format!r} cannot be read; readable formats: {readable}")
+    if fout.open_writer is None:
+        writable = [n for n in FORMATS if FORMATS.get(n).open_writer]
+        raise UserError(f"format {to_format!r} cannot be written; writable formats: {writable}")
+    known = set(fin.options) | set(fout.options)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(
+            f"option(s) {unknown} are not understood by {from_format} -> {to_format}; "
+            f"valid: {sorted(known) or 'none'}"
+        )
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or directory")
+    if src.resolve() == dst.resolve():
+        raise UserError(f"{dst}: source and destination are the same path")
+    if dst.exists() and not force:
+        raise UserError(f"{dst} already exists; pass --force to overwrite it")
+    spec = load_embodiment(embodiment) if isinstance(embodiment, str | Path) else embodiment
+
+    report = Report(str(src), str(dst), from_format, to_format)
+    t0 = time.perf_counter()
+    reader = fin.open_reader(src, report, spec, **_pick(options, fin.options))
+    try:
+        writer = fout.open_writer(
+            dst,
+            report,
+            reader,
+            spec or reader.embodiment,
+            force=force,
+            **_pick(options, fout.options),
+        )
+        try:
+            _pump(reader, writer, report, progress)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        reader.close()
+    out = report.as_dict()
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _pump(reader: Any, writer: Any, report: Report, progress: bool) -> None:
+    from tqdm import tqdm
+
+    keys: set[str] = set()
+    with tqdm(total=len(reader), disable=not progress, unit="episode", desc="convert") as bar:
+        for episode in reader.episodes():
+            writer.write(episode)
+            report.episodes += 1
+            report.frames += len(episode)
+            keys |= set(episode.steps)
+            bar.update(1)
+    report.keys = sorted(keys)
+
+
+def _pick(options: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in names}

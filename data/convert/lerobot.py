@@ -1,0 +1,1 @@
+"""LeRobotDataset (v2.1 read, v3 read/write)."""

@@ -1,0 +1,1 @@
+"""rosbag2 (MCAP/sqlite3 read, MCAP write)."""

@@ -1,0 +1,120 @@
+"""Converter plumbing shared by every format: registry, bad input, handoff <-> handoff.
+
+Also holds the small-store builder the per-format tests import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.convert import FORMATS, convert
+from data.embodiment import load_embodiment
+from data.errors import UserError
+from data.store import DemoStore
+
+LENGTHS = (12, 15, 9)
+CAM = (32, 48)  # (H, W): small, and even so yuv420p video can hold it
+
+
+def spec():
+    return load_embodiment("sim_panda").with_cameras(None, CAM)
+
+
+def frames(rng: np.random.Generator, T: int) -> np.ndarray:
+    """(T, H, W, 3) uint8: a moving gradient with mild noise (video-like, not white noise)."""
+    H, W = CAM
+    y, x = np.mgrid[0:H, 0:W]
+    out = np.empty((T, H, W, 3), np.uint8)
+    for t in range(T):
+        base = np.stack([x * 4 + t * 3, y * 6 + t, (x + y) * 2 + 40], -1) % 256
+        out[t] = np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def make_episode(rng: np.random.Generator, T: int) -> dict[str, np.ndarray]:
+    f32 = np.float32
+    return {
+        "joint_pos": rng.normal(size=(T, 7)).astype(f32),
+        "joint_vel": rng.normal(size=(T, 7)).astype(f32),
+        "gripper_pos": rng.uniform(0, 0.04, (T, 2)).astype(f32),
+        "eef_pos": rng.normal(size=(T, 3)).astype(f32),
+        "eef_quat": rng.normal(size=(T, 4)).astype(f32),
+        "object_state": rng.normal(size=(T, 10)).astype(f32),
+        "action": rng.normal(size=(T, 8)).astype(f32),
+        "agentview": frames(rng, T),
+        "wrist": frames(rng, T)[:, ::-1].copy(),
+        "timestamp": np.arange(T) / 20.0,
+    }
+
+
+def make_store(path: Path, lengths=LENGTHS, seed: int = 0) -> DemoStore:
+    rng = np.random.default_rng(seed)
+    store = DemoStore.create(path, spec())
+    for i, T in enumerate(lengths):
+        store.append_episode(
+            make_episode(rng, T),
+            task="lift",
+            source="scripted",
+            success=bool(i % 2 == 0),
+            seed=i,
+            operator="test",
+            start_time=1_700_000_000.0 + 100 * i,
+        )
+    return store
+
+
+def assert_lowdim_equal(a: DemoStore, b: DemoStore, keys: list[str]) -> None:
+    assert a.n_episodes == b.n_episodes
+    for i in range(a.n_episodes):
+        ea, eb = a.episode(i, keys), b.episode(i, keys)
+        for k in keys:
+            assert ea[k].dtype == eb[k].dtype, k
+            np.testing.assert_array_equal(ea[k], eb[k], err_msg=f"episode {i} key {k}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_registry_has_every_format():
+    assert FORMATS.names() == ["handoff", "lerobot", "robomimic", "rosbag2"]
+    for name in FORMATS:
+        assert FORMATS.get(name).open_reader is not None
+
+
+def test_unknown_format_lists_valid_ones(tmp_path):
+    with pytest.raises(UserError, match=r"unknown format 'zarr'.*handoff, lerobot, robomimic"):
+        convert(tmp_path, tmp_path / "out", "zarr", "handoff")
+
+
+def test_unknown_option_and_missing_source(tmp_path):
+    make_store(tmp_path / "a.zarr", lengths=(3,))
+    with pytest.raises(UserError, match=r"option\(s\) \['bogus'\]"):
+        convert(tmp_path / "a.zarr", tmp_path / "b.zarr", "handoff", "handoff", bogus=1)
+    with pytest.raises(UserError, match="no such file"):
+        convert(tmp_path / "nope", tmp_path / "b.zarr", "handoff", "handoff")
+
+
+def test_no_overwrite_without_force(tmp_path):
+    make_store(tmp_path / "a.zarr", lengths=(3,))
+    (tmp_path / "b.zarr").mkdir()
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        convert(tmp_path / "a.zarr", tmp_path / "b.zarr", "handoff", "handoff", progress=False)
+    report = convert(
+        tmp_path / "a.zarr", tmp_path / "b.zarr", "handoff", "handoff", force=True, progress=False
+    )
+    assert report["episodes"] == 1 and report["frames"] == 3
+
+
+def test_handoff_copy_keeps_everything(tmp_path):
+    src = make_store(tmp_path / "a.zarr")
+    report = convert(tmp_path / "a.zarr", tmp_path / "b.zarr", "handoff", "handoff", progress=False)
+    assert report["not_carried"] == []
+    out = DemoStore.open(tmp_path / "b.zarr")
+    assert_lowdim_equal(src, out, src.keys)
+    assert [out.episode_meta(i) for i in range(3)] == [src.episode_meta(i) for i in range(3)]
+    assert out.embodiment == src.embodiment
