@@ -17,6 +17,7 @@ from the chunk files, skipping zarr's per-call overhead; every other store goes 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import zarr
 
 from data.errors import UserError
-from data.store import DemoStore, is_image_array
+from data.store import DemoStore, direct_frame_io, is_image_array
 
 STATS_BLOCK_ROWS = 65536  # rows per streamed block when computing statistics
 IMAGE_STATS_MAX_FRAMES = 512  # image statistics come from an evenly strided subsample
@@ -38,11 +39,11 @@ class FrameReader:
         self.arr = arr
         self.label = label
         self.frame_shape = tuple(arr.shape[1:])
-        self._decode, self._chunk_path = _direct_decoder(arr)
+        self._io = direct_frame_io(arr)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         """idx: (n,) int -> (n, H, W, C) uint8."""
-        if self._decode is None:
+        if self._io is None:
             unique, inverse = np.unique(idx, return_inverse=True)
             frames = self.arr.get_orthogonal_selection((unique,))
             return frames[inverse]
@@ -55,55 +56,19 @@ class FrameReader:
         return out
 
     def _read_one(self, i: int) -> np.ndarray:
-        path = self._chunk_path(i)
+        _, decode, chunk_path = self._io
+        path = chunk_path(i)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:  # never-written chunk: zarr's fill value
             return np.zeros(self.frame_shape, dtype=np.uint8)
         try:
-            buf = self._decode(raw)
-            return np.frombuffer(buf, dtype=np.uint8).reshape(self.frame_shape)
+            return np.frombuffer(decode(raw), dtype=np.uint8).reshape(self.frame_shape)
         except Exception as e:  # a truncated or corrupt chunk file
             raise UserError(
-                f"{path}: cannot decode frame {i} of {self.label} ({e}); the chunk "
-                f"is damaged — run `handoff-data validate` on the store"
+                f"{path}: cannot decode frame {i} of {self.label} ({e}); the chunk is damaged"
+                f" - run `handoff-data validate` on the store"
             ) from None
-
-
-def _direct_decoder(arr: zarr.Array) -> tuple[Any, Any]:
-    """(decode(bytes) -> bytes, chunk_path(i) -> Path) for layouts we can read directly."""
-    store = arr.store_path.store
-    root = getattr(store, "root", None)
-    if not isinstance(root, Path) or arr.chunks[0] != 1 or tuple(arr.chunks[1:]) != arr.shape[1:]:
-        return None, None
-    base = root / arr.store_path.path
-    meta = arr.metadata
-    if meta.zarr_format == 3:
-        if getattr(arr, "shards", None):
-            return None, None
-        from zarr.codecs import BloscCodec, BytesCodec
-
-        codecs = list(meta.codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec):
-            return None, None
-        rest = codecs[1:]
-        if not rest:
-            decode = bytes
-        elif len(rest) == 1 and isinstance(rest[0], BloscCodec):
-            import numcodecs
-
-            decode = numcodecs.Blosc().decode
-        else:
-            return None, None
-        zeros = (0,) * (arr.ndim - 1)
-        return decode, lambda i: base / meta.encode_chunk_key((i, *zeros))
-    if meta.filters:
-        return None, None
-    compressor = meta.compressor
-    sep = meta.dimension_separator or "."
-    tail = sep.join("0" for _ in range(arr.ndim - 1))
-    decode = compressor.decode if compressor is not None else bytes
-    return decode, lambda i: base / f"{i}{sep}{tail}"
 
 
 class SequenceDataset:
@@ -126,6 +91,7 @@ class SequenceDataset:
             raise ValueError("n_obs_steps and horizon must be >= 1")
         self._path = store.path if isinstance(store, DemoStore) else str(store)
         self._store = store if isinstance(store, DemoStore) else None
+        self._pid = os.getpid()
         s = self.store
         missing = [k for k in [*obs_keys, action_key] if k not in s.data]
         if missing:
@@ -164,8 +130,12 @@ class SequenceDataset:
 
     @property
     def store(self) -> DemoStore:
-        if self._store is None:
+        # Each DataLoader worker opens its own handle: a forked copy of the parent's would share
+        # file offsets (zip stores) and event loops (zarr) with it.
+        if self._store is None or self._pid != os.getpid():
             self._store = DemoStore.open(self._path, "r")
+            self._readers = None
+            self._pid = os.getpid()
         return self._store
 
     def __getstate__(self) -> dict[str, Any]:
@@ -179,9 +149,10 @@ class SequenceDataset:
         return len(self._t)
 
     def _frames(self, key: str, idx: np.ndarray) -> np.ndarray:
+        store = self.store
         if self._readers is None:
             self._readers = {
-                k: FrameReader(self.store.data[k], f"data/{k}") for k in self.image_keys
+                k: FrameReader(store.data[k], f"data/{k}") for k in self.image_keys
             }
         return self._readers[key].read(idx)
 
