@@ -1,0 +1,185 @@
+"""``handoff-collect``: scripted demonstrations in simulation, written to a demonstration store.
+
+    handoff-collect --task lift --episodes 100 --out demos/lift.zarr
+    handoff-collect --task can --episodes 200 --out demos/can.zarr --cameras agentview,wrist \\
+        --image-size 84 --workers 2
+
+Episode i of a run uses seed ``--seed + i`` (a failed seed is replaced by the next unused one
+unless ``--keep-failures``). Each finished episode is committed at once, so Ctrl-C keeps every
+finished episode. An existing store is appended to when its embodiment matches the task's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.embodiment import Embodiment
+from data.errors import UserError, cli_main
+from data.store import DemoStore
+from sim.tasks import TASKS
+from sim.workers import run_jobs
+
+MAX_ATTEMPT_FACTOR = 3  # give up after 3x the requested episodes (an expert this bad is broken)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'84' -> (84, 84); '96x128' -> (H=96, W=128)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise UserError(f"--image-size {text!r}: give one size (84) or HxW (96x128)")
+    return parts[0], parts[1]
+
+
+def parse_cameras(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
+def _task_setup(task: str, cameras: tuple[str, ...], image_size: tuple[int, int]) -> Any:
+    from sim.tasks import make_task
+
+    return make_task(task, cameras=cameras, image_size=image_size)
+
+
+def _collect_one(task: Any, seed: int) -> tuple[int, dict[str, np.ndarray], bool]:
+    from sim.experts import run_episode
+
+    steps, success = run_episode(task, seed)
+    return seed, {k: np.stack(v) for k, v in steps.items()}, success
+
+
+def check_store_matches(store: DemoStore, spec: Embodiment) -> None:
+    """Refuse to append episodes of ``spec`` to a store recorded with another embodiment."""
+    have = store.embodiment
+    if have is None:
+        raise UserError(f"{store.path}: store has no embodiment spec; collect into a new store")
+    problems = have.compatible_with(spec)
+    if have.camera_names != spec.camera_names or any(
+        have.camera(c).shape != spec.camera(c).shape for c in spec.camera_names
+    ):
+        problems.append(
+            f"cameras differ: store {[(c.name, c.shape) for c in have.cameras]} vs "
+            f"{[(c.name, c.shape) for c in spec.cameras]}"
+        )
+    if set(have.observation) != set(spec.observation):
+        problems.append(
+            f"observation keys differ: {sorted(have.observation)} vs {sorted(spec.observation)}"
+        )
+    if problems:
+        raise UserError(
+            f"{store.path}: cannot append, embodiment differs ({'; '.join(problems)}); "
+            f"use another --out or --force to overwrite"
+        )
+
+
+def collect(
+    task: str,
+    episodes: int,
+    out: str | Path,
+    *,
+    cameras: tuple[str, ...] = (),
+    image_size: tuple[int, int] = (84, 84),
+    workers: int = 1,
+    keep_failures: bool = False,
+    seed: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``episodes`` scripted episodes of ``task`` into ``out``; returns a summary."""
+    from tqdm import tqdm
+
+    from data.embodiment import load_embodiment
+
+    task_def = TASKS.get(task)
+    if episodes <= 0:
+        raise UserError("--episodes must be positive")
+    if workers <= 0:
+        raise UserError("--workers must be positive")
+    spec = task_def.embodiment_for(
+        load_embodiment("sim_panda").with_cameras(list(cameras), image_size)
+    )
+    out = str(out)
+    if Path(out).exists() and not force:
+        store = DemoStore.open(out, "a")
+        check_store_matches(store, spec)
+    else:
+        store = DemoStore.create(out, spec, force=force)
+    if seed is None:  # continue after the seeds already in the store
+        seeds = [store.episode_meta(i).get("seed") for i in range(store.n_episodes)]
+        seed = max((s for s in seeds if isinstance(s, int)), default=-1) + 1
+    setup = functools.partial(_task_setup, task, tuple(cameras), tuple(image_size))
+    written, tried, successes = 0, 0, 0
+    next_seed = seed
+    bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
+    try:
+        while written < episodes and tried < MAX_ATTEMPT_FACTOR * episodes:
+            batch = list(range(next_seed, next_seed + episodes - written))
+            next_seed += len(batch)
+            for ep_seed, steps, success in run_jobs(setup, _collect_one, batch, workers):
+                tried += 1
+                successes += success
+                if success or keep_failures:
+                    store.append_episode(
+                        steps,
+                        task=task,
+                        source="scripted",
+                        seed=ep_seed,
+                        success=success,
+                        operator="scripted_expert",
+                    )
+                    written += 1
+                    bar.update(1)
+                bar.set_postfix(success=f"{successes}/{tried}")
+    finally:
+        bar.close()
+    if written < episodes:
+        raise UserError(
+            f"the {task} expert succeeded in only {successes} of {tried} episodes; "
+            f"wrote {written} to {out} (pass --keep-failures to keep failed episodes)"
+        )
+    return {"out": out, "written": written, "tried": tried, "successes": successes}
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="handoff-collect", description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS.names())}")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to write (default 100)")
+    p.add_argument("--out", required=True, help="store path (.zarr directory or fsspec URL)")
+    p.add_argument(
+        "--cameras", default="", help="comma-separated cameras (agentview,wrist); default none"
+    )
+    p.add_argument("--image-size", default="84", help="camera size: 84 or HxW (default 84)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--keep-failures", action="store_true", help="also store failed episodes")
+    p.add_argument(
+        "--seed", type=int, default=None, help="first seed (default: after the store's last)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    summary = collect(
+        a.task,
+        a.episodes,
+        a.out,
+        cameras=parse_cameras(a.cameras),
+        image_size=parse_image_size(a.image_size),
+        workers=a.workers,
+        keep_failures=a.keep_failures,
+        seed=a.seed,
+        force=a.force,
+        progress=not a.no_progress,
+    )
+    print(
+        f"wrote {summary['written']} episodes to {summary['out']} "
+        f"({summary['successes']}/{summary['tried']} expert successes)"
+    )

@@ -1,0 +1,61 @@
+"""Worker processes that each own one simulated task, shared by collection and evaluation.
+
+Workers start with the "spawn" context (fork would copy MuJoCo/OpenGL state and torch
+threads), pin math libraries to one thread each (N workers on N cores must not oversubscribe)
+and ignore SIGINT, so Ctrl-C reaches only the parent, which keeps what is finished.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+_STATE: dict[str, Any] = {}
+
+
+def limit_threads() -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _init(setup: Callable[[], Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads()
+    _STATE["ctx"] = setup()
+    limit_threads()  # the setup may have imported torch
+
+
+def _call(job: tuple[Callable[[Any, Any], Any], Any]) -> Any:
+    fn, arg = job
+    return fn(_STATE["ctx"], arg)
+
+
+def run_jobs(
+    setup: Callable[[], Any],
+    fn: Callable[[Any, Any], Any],
+    args: Iterable[Any],
+    workers: int,
+) -> Iterator[Any]:
+    """Yield ``fn(ctx, arg)`` for each arg in order, ``ctx = setup()`` once per worker.
+
+    ``setup`` and ``fn`` must be picklable (module-level functions or ``functools.partial``)
+    when ``workers > 1``; with one worker everything runs in this process.
+    """
+    if workers <= 1:
+        ctx = setup()
+        for arg in args:
+            yield fn(ctx, arg)
+        return
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(setup,))
+    try:
+        yield from pool.imap(_call, ((fn, a) for a in args), chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
