@@ -59,7 +59,8 @@ class FrameReader:
         _, decode, chunk_path = self._io
         path = chunk_path(i)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:  # never-written chunk: zarr's fill value
             return np.zeros(self.frame_shape, dtype=np.uint8)
         try:
@@ -151,9 +152,7 @@ class SequenceDataset:
     def _frames(self, key: str, idx: np.ndarray) -> np.ndarray:
         store = self.store
         if self._readers is None:
-            self._readers = {
-                k: FrameReader(store.data[k], f"data/{k}") for k in self.image_keys
-            }
+            self._readers = {k: FrameReader(store.data[k], f"data/{k}") for k in self.image_keys}
         return self._readers[key].read(idx)
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -1,0 +1,171 @@
+"""Demonstration-store throughput: recording, training-window sampling, and the codec bounds.
+
+Prints one JSON line. Every comparison is measured in the same run (machines are noisy):
+
+- writer: 3 cameras 640x480 + low-dim at 30 Hz through the streaming EpisodeWriter, as a multiple
+  of real time (target >= 3x on 2 cores);
+- sampler: training windows (To=2, Tp=16) from 2 cameras 96x96 + low-dim, samples/s through a
+  DataLoader with 0 and 2 workers, against the raw decode bound of the codec (decoding the
+  same frames' compressed bytes from memory; target: single-process sampler >= 70% of it);
+- codecs: bytes/frame, encode and decode time for the lossless default and the alternatives.
+
+    python tests/benchmarks/bench_store.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data.dataset import SequenceDataset
+from data.embodiment import load_embodiment
+from data.store import DemoStore, direct_frame_io
+
+
+def camera_frames(n: int, h: int, w: int, seed: int, noise: float = 2.0) -> np.ndarray:
+    """Frames that compress like a real camera's: smooth scene, moving objects, sensor noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 200 // w + 30, y * 180 // h + 40, (x + y) * 120 // (h + w) + 60], -1)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        img = base.astype(np.float32)
+        cx, cy = int(w * (0.3 + 0.4 * np.sin(i / 15))), int(h * 0.5)
+        cv2.rectangle(
+            img, (cx - w // 10, cy - h // 10), (cx + w // 10, cy + h // 10), (200, 60, 50), -1
+        )
+        cv2.circle(img, (w - cx, h // 3), max(2, h // 12), (40, 160, 60), -1)
+        img += rng.normal(0, noise, img.shape)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def bench_writer(root: Path, seconds: float) -> dict:
+    spec = load_embodiment("sim_panda")
+    fps, n_cams = 30, 3
+    T = int(seconds * fps)
+    frames = camera_frames(60, 480, 640, seed=0)
+    rng = np.random.default_rng(0)
+    store = DemoStore.create(root / "writer.zarr", spec)
+    t0 = time.perf_counter()
+    w = store.episode_writer(flush_steps=fps)
+    for t in range(T):
+        step = {f"cam{c}": frames[(t + 7 * c) % len(frames)] for c in range(n_cams)}
+        step |= {"joint_pos": rng.random(7), "joint_vel": rng.random(7), "action": rng.random(8)}
+        w.add_step(step)
+    w.commit(source="teleop")
+    elapsed = time.perf_counter() - t0
+    on_disk = sum(f.stat().st_size for f in (root / "writer.zarr/data/cam0").iterdir())
+    return {
+        "writer_realtime_x": round(seconds / elapsed, 2),
+        "writer_frames_per_s": round(T * n_cams / elapsed, 1),
+        "writer_bytes_per_frame_640x480": int(on_disk / T),
+    }
+
+
+def bench_sampler(root: Path, n_samples: int) -> dict:
+    import torch
+
+    spec = load_embodiment("sim_panda").with_cameras(None, (96, 96))
+    store = DemoStore.create(root / "sampler.zarr", spec)
+    rng = np.random.default_rng(1)
+    for e in range(20):
+        T = 150
+        store.append_episode(
+            {
+                "agentview": camera_frames(T, 96, 96, seed=e),
+                "wrist": camera_frames(T, 96, 96, seed=100 + e),
+                "joint_pos": rng.random((T, 7)),
+                "eef_pos": rng.random((T, 3)),
+                "action": rng.random((T, 8)),
+            }
+        )
+    keys = ["agentview", "wrist", "joint_pos", "eef_pos"]
+    ds = SequenceDataset(store.path, keys, n_obs_steps=2, horizon=16)
+    out = {}
+    for workers in (0, 2):
+        sampler = torch.utils.data.RandomSampler(
+            ds, num_samples=n_samples, generator=torch.Generator().manual_seed(0)
+        )
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=64, sampler=sampler, num_workers=workers, persistent_workers=False
+        )
+        t0 = time.perf_counter()
+        count = sum(len(b["action"]) for b in loader)
+        out[f"sampler_samples_per_s_{workers}w"] = round(count / (time.perf_counter() - t0), 1)
+
+    # raw decode bound: the same 2 frames x 2 cameras per sample, bytes already in memory
+    arrays = {k: store.data[k] for k in ("agentview", "wrist")}
+    blobs, decoders = [], []
+    for arr in arrays.values():
+        _, decode, path = direct_frame_io(arr)
+        blobs.append([Path(path(i)).read_bytes() for i in range(arr.shape[0])])
+        decoders.append(decode)
+    idx = rng.integers(1, store.n_steps, n_samples)
+    t0 = time.perf_counter()
+    for i in idx:
+        for blob, decode in zip(blobs, decoders):
+            for j in (i - 1, i):
+                np.frombuffer(decode(blob[j]), np.uint8).reshape(96, 96, 3)
+    bound = n_samples / (time.perf_counter() - t0)
+    out["decode_bound_samples_per_s"] = round(bound, 1)
+    out["sampler_vs_decode_bound"] = round(out["sampler_samples_per_s_0w"] / bound, 3)
+    return out
+
+
+def bench_codecs(n: int) -> dict:
+    import imagecodecs
+    import numcodecs
+
+    out = {}
+    for h, w in ((480, 640), (96, 96)):
+        frames = camera_frames(8, h, w, seed=3)
+        codecs = {
+            "blosc-lz4": (numcodecs.Blosc("lz4", 5, 0).encode, numcodecs.Blosc().decode),
+            "blosc-zstd": (numcodecs.Blosc("zstd", 3, 2).encode, numcodecs.Blosc().decode),
+            "jpeg-q95": (lambda f: imagecodecs.jpeg8_encode(f, level=95), imagecodecs.jpeg8_decode),
+        }
+        for name, (enc, dec) in codecs.items():
+            t0 = time.perf_counter()
+            blobs = [enc(frames[i % 8]) for i in range(n)]
+            t_enc = (time.perf_counter() - t0) / n
+            t0 = time.perf_counter()
+            decoded = [dec(b) for b in blobs[:n]]
+            t_dec = (time.perf_counter() - t0) / n
+            first = decoded[0]
+            if isinstance(first, bytes | bytearray | memoryview):
+                first = np.frombuffer(first, np.uint8)
+            err = np.asarray(first, np.float64).reshape(frames[0].shape) - frames[0]
+            mse = float(np.mean(err**2))
+            out[f"{name}_{w}x{h}"] = {
+                "bytes_per_frame": int(np.mean([len(b) for b in blobs])),
+                "encode_ms": round(t_enc * 1e3, 3),
+                "decode_ms": round(t_dec * 1e3, 3),
+                "psnr_db": None if mse == 0 else round(10 * np.log10(255**2 / mse), 1),
+            }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        result = {"bench": "store"}
+        result |= bench_writer(root, seconds=2.0 if args.quick else 10.0)
+        result |= bench_sampler(root, n_samples=512 if args.quick else 4096)
+        result["codecs"] = bench_codecs(20 if args.quick else 100)
+        result["targets"] = {"writer_realtime_x": ">= 3", "sampler_vs_decode_bound": ">= 0.7"}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
