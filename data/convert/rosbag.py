@@ -1,1 +1,385 @@
-"""rosbag2 (MCAP/sqlite3 read, MCAP write)."""
+"""rosbag2 (MCAP or sqlite3) -> episodes, and the format's registration (writer: rosbag_write).
+
+Topics are chosen through the embodiment spec and :class:`BagTopics` (the ROS recorder's
+defaults): ``/joint_states`` matched by joint name (plus the gripper finger joints), each spec
+camera's ``image_raw`` (or ``image_raw/compressed``), the end-effector pose and object state
+when the spec observes them, and as the action the command sent to the controller
+(``JointTrajectory`` goal or ``Float64MultiArray`` forward command, plus the gripper command).
+
+Steps come from data/align.py's rule at the spec's control rate, with the recorder's
+settings: observations older than ``max_age_s`` (3 control periods) are gaps; a command up to
+``action_offset_s`` (half a period) after a tick belongs to it; before the first command the
+action holds the measured joint positions and an open gripper. Episodes are delimited by the
+marker topic (``/handoff/episode``, JSON ``{"event": "start"|"end", ...metadata}``) when the
+bag has it, otherwise by pauses longer than ``gap_s`` in ``/joint_states``.
+
+Memory: low-dim messages and image *stamps* are read in one pass; image data is decoded per
+episode, only for the frames the steps use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.align import align, common_span, control_grid, split_at_gaps
+from data.convert.base import FORMATS, Episode, Format, Report
+from data.convert.rosbag_msgs import (
+    EXTRA_PREFIX,
+    TOPIC_OPTIONS,
+    BagTopics,
+    decode_image,
+    header_stamp_ns,
+    spec_required,
+    stamp_ns,
+    typestore,
+)
+from data.embodiment import Embodiment
+from data.errors import UserError
+
+NS = 1_000_000_000
+
+
+class _Stream:
+    """Stamps (N,) int64 ns and per-key values (N, D) of one topic."""
+
+    def __init__(self) -> None:
+        self.stamps: list[int] = []
+        self.values: dict[str, list[np.ndarray]] = {}
+
+    def add(self, ns: int, **values: np.ndarray) -> None:
+        self.stamps.append(ns)
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(v)
+
+    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return np.asarray(self.stamps, np.int64), {k: np.stack(v) for k, v in self.values.items()}
+
+
+class RosbagReader:
+    def __init__(
+        self,
+        path: Path,
+        report: Report,
+        embodiment: Embodiment | None,
+        *,
+        gap_s: float = 1.0,
+        max_age_s: float | None = None,
+        action_offset_s: float | None = None,
+        task: str | None = None,
+        **topics: str,
+    ) -> None:
+        from rosbags.highlevel import AnyReader
+
+        self.spec = spec = spec_required(embodiment, "reading a rosbag2")
+        self.embodiment, self.attrs, self.report, self.path = spec, {}, report, path
+        self.topics = BagTopics(**topics)
+        self.task = task
+        # recorder defaults (handoff_ros recorder.py): 3 periods max age, half-period offset
+        self.max_age = int((max_age_s if max_age_s is not None else 3 * spec.dt) * NS)
+        self.action_offset = int(
+            (action_offset_s if action_offset_s is not None else spec.dt / 2) * NS
+        )
+        self.gap = int(gap_s * NS)
+        try:
+            self.bag = AnyReader([path], default_typestore=typestore())
+            self.bag.open()
+        except Exception as e:  # rosbags raises several reader error types
+            raise UserError(f"{path}: not a rosbag2 directory or file ({e})") from None
+        self.conns = {c.topic: c for c in self.bag.connections}
+        self._pick_topics()
+        self._read_lowdim()
+        self.segments = self._split()
+
+    # ---- topics ------------------------------------------------------------------------------
+
+    def _need(self, topic: str, what: str, option: str) -> Any:
+        if topic not in self.conns:
+            raise UserError(
+                f"{self.path}: no topic {topic} ({what}); the bag has {sorted(self.conns)}; "
+                f"set the {option} option"
+            )
+        return self.conns[topic]
+
+    def _pick_topics(self) -> None:
+        t, obs = self.topics, self.spec.observation
+        self._need(t.joint_states_topic, "sensor_msgs/JointState", "joint_states_topic")
+        self.camera_conns = {}
+        for cam in self.spec.camera_names:
+            raw = t.camera(cam)
+            topic = raw if raw in self.conns else f"{raw}/compressed"
+            self.camera_conns[cam] = self._need(topic, f"camera {cam!r} images", "camera_topic")
+        self.eef = "eef_pos" in obs or "eef_quat" in obs
+        if self.eef:
+            self._need(t.eef_pose_topic, "PoseStamped for eef_pos/eef_quat", "eef_pose_topic")
+        self.objects = "object_state" in obs or t.object_state_topic in self.conns
+        if "object_state" in obs:
+            self._need(t.object_state_topic, "object_state", "object_state_topic")
+        if t.trajectory_topic not in self.conns and t.forward_topic not in self.conns:
+            raise UserError(
+                f"{self.path}: no command topic for the action ({t.trajectory_topic} or "
+                f"{t.forward_topic}); the bag has {sorted(self.conns)}; set trajectory_topic "
+                f"or forward_topic"
+            )
+        self.extras = {
+            topic.removeprefix(EXTRA_PREFIX): topic
+            for topic in self.conns
+            if topic.startswith(EXTRA_PREFIX) and topic != t.marker_topic
+        }
+
+    # ---- pass 1: low-dim messages and image stamps ---------------------------------------
+
+    def _read_lowdim(self) -> None:
+        t, spec = self.topics, self.spec
+        joints, fingers = list(spec.joint_names), t.finger_names
+        want_fingers = "gripper_pos" in spec.observation
+        self.streams: dict[str, _Stream] = {"joint_states": _Stream()}
+        for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
+            self.streams[name] = _Stream()
+        for key in self.extras:
+            self.streams[EXTRA_PREFIX + key] = _Stream()
+        commands: list[tuple[int, str, np.ndarray]] = []
+        cam_topics = {c.topic: cam for cam, c in self.camera_conns.items()}
+        self.camera_log: dict[str, list[int]] = {cam: [] for cam in self.camera_conns}
+        for conn, log_ns, raw in self.bag.messages(connections=list(self.conns.values())):
+            topic = conn.topic
+            if topic in cam_topics:
+                cam = cam_topics[topic]
+                ns = header_stamp_ns(raw)
+                self.streams[cam].add(ns if ns > 0 else log_ns)
+                self.camera_log[cam].append(log_ns)
+                continue
+            if topic == t.joint_states_topic:
+                msg = self._msg(raw, conn)
+                ns = stamp_ns(msg, log_ns)
+                values = {
+                    "joint_pos": _by_name(msg.name, msg.position, joints, topic),
+                    "joint_vel": _by_name(msg.name, msg.velocity, joints, topic, optional=True),
+                }
+                if want_fingers:
+                    values["gripper_pos"] = _by_name(msg.name, msg.position, fingers, topic)
+                self.streams["joint_states"].add(ns, **values)
+            elif topic == t.eef_pose_topic and self.eef:
+                msg = self._msg(raw, conn)
+                p, o = msg.pose.position, msg.pose.orientation
+                self.streams["eef_pose"].add(
+                    stamp_ns(msg, log_ns),
+                    eef_pos=np.array([p.x, p.y, p.z], np.float32),
+                    eef_quat=np.array([o.x, o.y, o.z, o.w], np.float32),
+                )
+            elif topic == t.object_state_topic and self.objects:
+                data = np.asarray(self._msg(raw, conn).data, np.float32)
+                self.streams["object_state"].add(log_ns, object_state=data)  # no header
+            elif topic == t.trajectory_topic:
+                msg = self._msg(raw, conn)
+                if msg.points:  # the goal the controller is sent toward
+                    goal = _by_name(msg.joint_names, msg.points[-1].positions, joints, topic)
+                    commands.append((log_ns, "arm", goal))
+            elif topic == t.forward_topic:
+                data = np.asarray(self._msg(raw, conn).data, np.float64)
+                if len(data) not in (spec.n_joints, spec.action_dim):
+                    raise UserError(
+                        f"{self.path}: {topic} carries {len(data)} values; expected "
+                        f"{spec.n_joints} joints (or {spec.action_dim} with the gripper)"
+                    )
+                commands.append((log_ns, "arm" if len(data) == spec.n_joints else "all", data))
+            elif topic == t.gripper_topic:
+                commands.append((log_ns, "gripper", np.asarray(self._msg(raw, conn).data[:1])))
+            elif topic == t.engaged_topic:
+                flag = np.array(bool(self._msg(raw, conn).data))
+                self.streams["engaged"].add(log_ns, intervention=flag)
+            elif topic == t.marker_topic:
+                self.streams["marker"].add(log_ns, event=np.array(self._msg(raw, conn).data))
+            elif topic.startswith(EXTRA_PREFIX) and topic.removeprefix(EXTRA_PREFIX) in self.extras:
+                key = topic.removeprefix(EXTRA_PREFIX)
+                data = np.asarray(self._msg(raw, conn).data, np.float64)
+                self.streams[topic].add(log_ns, **{key: data})
+        if not self.streams["joint_states"].stamps:
+            raise UserError(f"{self.path}: {t.joint_states_topic} has no messages")
+        self.action = self._commands(commands)
+        self.data = {name: s.arrays() for name, s in self.streams.items() if s.stamps}
+
+    def _msg(self, raw: Any, conn: Any) -> Any:
+        return self.bag.deserialize(raw, conn.msgtype)
+
+    def _commands(self, events: list[tuple[int, str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The full command (Da,) after each command message: (stamps (N,), commands (N, Da)).
+
+        Joint targets are NaN until the first arm command (filled per step with the measured
+        positions, what a position controller holds); the gripper starts open.
+        """
+        spec = self.spec
+        command = np.full(spec.action_dim, np.nan)
+        command[-1] = spec.gripper.open_command
+        stamps, rows = [], []
+        for ns, kind, values in sorted(events, key=lambda e: e[0]):
+            if kind == "arm":
+                command[:-1] = values
+            elif kind == "all":
+                command[:] = values
+            else:
+                command[-1] = values[0]
+            stamps.append(ns)
+            rows.append(command.copy())
+        if not rows:
+            self.report.note("no command messages: the action holds the measured positions")
+            return np.zeros(1, np.int64), command[None].copy()
+        return np.asarray(stamps, np.int64), np.stack(rows)
+
+    # ---- episodes ----------------------------------------------------------------------------
+
+    def _split(self) -> list[tuple[int, int, dict[str, Any]]]:
+        js = self.data["joint_states"][0]
+        if "marker" in self.data:
+            stamps, values = self.data["marker"]
+            segments, start, meta = [], None, {}
+            for ns, text in zip(stamps.tolist(), values["event"].tolist()):
+                event = _marker(text, self.path)
+                if event.pop("event") == "start":
+                    start, meta = ns, event
+                elif start is not None:
+                    segments.append((start, ns, {**meta, **event}))
+                    start = None
+            if start is not None:
+                segments.append((start, int(js.max()), meta))
+            return segments
+        segments = split_at_gaps(js, self.gap)
+        self.report.note(
+            f"episodes split at pauses > {self.gap / NS:g} s in {self.topics.joint_states_topic}"
+        )
+        return [(a, b, {}) for a, b in segments]
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def episodes(self) -> Iterator[Episode]:
+        for a, b, meta in self.segments:
+            episode = self._episode(a, b, meta)
+            if episode is not None:
+                yield episode
+
+    def _episode(self, a: int, b: int, meta: dict[str, Any]) -> Episode | None:
+        obs_streams = ["joint_states", *self.camera_conns]
+        obs_streams += [n for n in ("eef_pose", "object_state") if n in self.data]
+        obs_streams += [EXTRA_PREFIX + k for k in self.extras if EXTRA_PREFIX + k in self.data]
+        inside = {}
+        for name in obs_streams:
+            stamps = self.data[name][0]
+            inside[name] = stamps[(stamps >= a) & (stamps <= b)]
+            if not len(inside[name]):
+                self.report.note(f"skipped an episode at {a / NS:.3f} s: no {name} messages")
+                return None
+        start, stop = common_span(inside)
+        ticks = control_grid(int(start), int(stop), self.spec.control_hz)
+        stamps = {name: self.data[name][0] for name in obs_streams}
+        stamps["action"] = self.action[0]
+        if "engaged" in self.data:
+            stamps["engaged"] = self.data["engaged"][0]
+        al = align(
+            stamps,
+            ticks=ticks,
+            max_age={n: self.max_age for n in obs_streams},
+            offset={"action": self.action_offset},
+        )
+        steps: dict[str, np.ndarray] = {}
+        for name in obs_streams:
+            if name in self.camera_conns:
+                steps[name] = self._frames(name, al.index[name])
+            else:
+                for key, values in self.data[name][1].items():
+                    steps[key] = al.take(name, values).astype(np.float32)
+        action = al.take("action", self.action[1])
+        before = al.index["action"] < 0  # no command yet at these ticks
+        action[before, :-1] = np.nan
+        action[before, -1] = self.spec.gripper.open_command
+        held = np.isnan(action[:, :-1])
+        action[:, :-1][held] = steps["joint_pos"].astype(np.float64)[held]
+        steps["action"] = action.astype(np.float32)
+        if "engaged" in self.data:
+            flags = al.take("engaged", self.data["engaged"][1]["intervention"])
+            steps["intervention"] = np.where(al.index["engaged"] < 0, False, flags)
+        steps["timestamp"] = np.arange(len(ticks)) / self.spec.control_hz
+        gaps = {k: v for k, v in al.report().items() if v and k not in ("any", "action")}
+        meta = dict(meta) or {"source": "converted", "start_time": int(ticks[0]) / NS}
+        if self.task and "task" not in meta:
+            meta["task"] = self.task
+        if gaps:
+            meta.update(has_gaps=True, gap_steps=gaps)
+            self.report.note("some episodes have gap steps (meta has_gaps / gap_steps)")
+        return Episode(steps, meta)
+
+    def _frames(self, cam: str, index: np.ndarray) -> np.ndarray:
+        """Decode the frames ``index`` (T,) of camera ``cam`` -> (T, H, W, 3)."""
+        import cv2
+
+        stamps = self.data[cam][0]
+        idx = np.maximum(index, 0)
+        wanted = {int(stamps[i]): None for i in np.unique(idx)}
+        logs = np.asarray(self.camera_log[cam])[np.unique(idx)]
+        conn = self.camera_conns[cam]
+        shape = self.spec.camera(cam).shape
+        decoded: dict[int, np.ndarray] = {}
+        for _, log_ns, raw in self.bag.messages(
+            connections=[conn], start=int(logs.min()), stop=int(logs.max()) + 1
+        ):
+            ns = header_stamp_ns(raw) or log_ns
+            if ns in wanted:
+                img = decode_image(self._msg(raw, conn), conn.msgtype, conn.topic)
+                if img.shape != shape:
+                    img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+                    self.report.note(f"{conn.topic}: frames resized to the spec's {shape[:2]}")
+                decoded[ns] = img
+        return np.stack([decoded[int(stamps[i])] for i in idx])
+
+    def close(self) -> None:
+        self.bag.close()
+
+
+def _by_name(
+    names: list[str], values: Any, want: list[str], topic: str, optional: bool = False
+) -> np.ndarray:
+    """values (len(names),) picked in ``want`` order by name (never by position).
+
+    ``optional``: an empty array (JointState leaves velocity empty when unknown) gives zeros.
+    """
+    where = {n: i for i, n in enumerate(names)}
+    missing = [n for n in want if n not in where]
+    if missing:
+        raise UserError(f"{topic}: joint(s) {missing} not in the message (it has {list(names)})")
+    values = np.asarray(values, np.float64)
+    if optional and len(values) == 0:
+        return np.zeros(len(want), np.float32)
+    if len(values) < len(names):
+        raise UserError(f"{topic}: {len(names)} joint names but {len(values)} values")
+    return values[[where[n] for n in want]].astype(np.float32)
+
+
+def _marker(text: Any, path: Path) -> dict[str, Any]:
+    try:
+        event = json.loads(str(text))
+    except json.JSONDecodeError:
+        event = {"event": str(text).strip()}
+    if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
+        raise UserError(f"{path}: episode marker {text!r} is not start/end")
+    return event
+
+
+def _open_writer(*args: Any, **kwargs: Any) -> Any:
+    from data.convert.rosbag_write import RosbagWriter
+
+    return RosbagWriter(*args, **kwargs)
+
+
+FORMATS.register("rosbag2")(
+    Format(
+        name="rosbag2",
+        description="ROS 2 bag (read MCAP or sqlite3, write MCAP) via rosbags",
+        open_reader=RosbagReader,
+        open_writer=_open_writer,
+        options=("gap_s", "max_age_s", "action_offset_s", "task", *TOPIC_OPTIONS),
+    )
+)

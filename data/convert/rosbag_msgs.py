@@ -1,0 +1,135 @@
+"""ROS message plumbing for the rosbag2 format: topic names, stamps, images, typestore.
+
+Topic defaults are the ROS recorder's (ros2_ws/src/handoff_ros/handoff_ros/recorder.py), so a
+bag recorded around the robot imports into the same steps the recorder would have written.
+ROS is never imported here: messages are (de)serialised with the pure-Python ``rosbags``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from data.embodiment import Embodiment
+from data.errors import UserError
+
+MARKER_TYPE = "std_msgs/msg/String"  # JSON {"event": "start" | "end", ...episode metadata}
+EXTRA_PREFIX = "/handoff/"  # other per-step keys (reward, sim_state, ...) as Float64MultiArray
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Which topics hold what. Every field can be set as a conversion option."""
+
+    joint_states_topic: str = "/joint_states"
+    camera_topic: str = "/{camera}/image_raw"  # + "/compressed" is tried too when reading
+    gripper_joints: str = "gripper0_right_finger_joint1,gripper0_right_finger_joint2"
+    eef_pose_topic: str = "/sim_arm/eef_pose"
+    object_state_topic: str = "/sim_arm/object_state"
+    trajectory_topic: str = "/arm_controller/joint_trajectory"
+    forward_topic: str = "/forward_position_controller/commands"
+    gripper_topic: str = "/gripper_controller/commands"
+    engaged_topic: str = "/teleop/engaged"
+    marker_topic: str = "/handoff/episode"
+
+    def __post_init__(self) -> None:
+        if "{camera}" not in self.camera_topic:
+            raise UserError(f"camera_topic {self.camera_topic!r} must contain {{camera}}")
+
+    @property
+    def finger_names(self) -> list[str]:
+        return [n for n in self.gripper_joints.split(",") if n]
+
+    def camera(self, name: str) -> str:
+        return self.camera_topic.format(camera=name)
+
+
+TOPIC_OPTIONS = tuple(f.name for f in fields(BagTopics))
+
+
+def typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore
+
+    # the message definitions of the ROS 2 release the project targets (DESIGN.md: Kilted)
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def header_stamp_ns(raw: bytes | memoryview) -> int:
+    """Stamp of a CDR message whose first field is std_msgs/Header, without deserialising it.
+
+    CDR: 4-byte encapsulation header (byte 1: 0 big-endian, 1 little-endian), then
+    builtin_interfaces/Time {int32 sec, uint32 nanosec}.
+    """
+    order = "<" if raw[1] == 1 else ">"
+    sec, nsec = struct.unpack_from(order + "iI", raw, 4)
+    return sec * 1_000_000_000 + nsec
+
+
+def stamp_ns(msg: Any, log_time: int) -> int:
+    """header.stamp when the message has a set one, else the time the bag logged it."""
+    header = getattr(msg, "header", None)
+    if header is None:
+        return log_time
+    ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    return ns if ns > 0 else log_time
+
+
+def make_header(ts: Any, ns: int, frame_id: str = "") -> Any:
+    t = ts.types
+    stamp = t["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+
+def float_array(ts: Any, values: np.ndarray) -> Any:
+    t = ts.types
+    layout = t["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    return t["std_msgs/msg/Float64MultiArray"](
+        layout=layout, data=np.asarray(values, np.float64).ravel()
+    )
+
+
+def image_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str) -> Any:
+    H, W = rgb.shape[:2]
+    return ts.types["sensor_msgs/msg/Image"](
+        header=make_header(ts, ns, frame_id),
+        height=H,
+        width=W,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=W * 3,
+        data=np.ascontiguousarray(rgb[..., :3]).reshape(-1),
+    )
+
+
+def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
+    """sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage -> (H, W, 3) RGB."""
+    import cv2
+
+    if msgtype.endswith("CompressedImage"):
+        img = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"{where}: cannot decode compressed image ({msg.format!r})")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    enc = msg.encoding.lower()
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(enc)
+    if channels is None:
+        raise UserError(f"{where}: image encoding {msg.encoding!r} is not supported (use rgb8)")
+    rows = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)
+    img = rows[:, : msg.width * channels].reshape(msg.height, msg.width, channels)
+    if enc == "mono8":
+        return np.repeat(img, 3, axis=2)
+    if enc.startswith("bgr"):
+        return np.ascontiguousarray(img[..., 2::-1])
+    return np.ascontiguousarray(img[..., :3])
+
+
+def spec_required(embodiment: Embodiment | None, what: str) -> Embodiment:
+    if embodiment is None:
+        raise UserError(
+            f"{what} needs --embodiment (a spec name or YAML path: it names the joints to "
+            f"match in /joint_states, the cameras and the control rate)"
+        )
+    return embodiment
