@@ -118,3 +118,47 @@ def test_handoff_copy_keeps_everything(tmp_path):
     assert_lowdim_equal(src, out, src.keys)
     assert [out.episode_meta(i) for i in range(3)] == [src.episode_meta(i) for i in range(3)]
     assert out.embodiment == src.embodiment
+
+
+def test_interrupted_conversion_keeps_finished_episodes(tmp_path):
+    """A source that breaks at episode 2: the handoff output holds episodes 0-1 intact;
+    a LeRobot output is never left half-written."""
+    import h5py
+
+    src = make_store(tmp_path / "a.zarr")
+    convert(tmp_path / "a.zarr", tmp_path / "r.hdf5", "handoff", "robomimic", progress=False)
+    with h5py.File(tmp_path / "r.hdf5", "a") as f:
+        del f["data/demo_2/actions"]
+    with pytest.raises(UserError, match="demo_2 has no actions"):
+        convert(tmp_path / "r.hdf5", tmp_path / "b.zarr", "robomimic", "handoff", progress=False)
+    out = DemoStore.open(tmp_path / "b.zarr")
+    assert out.n_episodes == 2
+    np.testing.assert_array_equal(out.episode(0)["agentview"], src.episode(0)["agentview"])
+    np.testing.assert_array_equal(out.episode(1)["action"], src.episode(1)["action"])
+    with pytest.raises(UserError):
+        convert(tmp_path / "r.hdf5", tmp_path / "lr", "robomimic", "lerobot", progress=False)
+    assert not (tmp_path / "lr").exists() and not (tmp_path / ".lr.partial").exists()
+
+
+def test_cli_convert(tmp_path, capsys):
+    import json
+
+    from data.cli import main
+
+    make_store(tmp_path / "a.zarr", lengths=(4, 5))
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.hdf5")
+    assert main(["convert", "--from", "handoff", "--to", "robomimic", a, b, "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == 2 and report["frames"] == 9
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "--from", "handoff", "--to", "robomimic", a, b, "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {b} already exists; pass --force to overwrite it"]
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "--from", "handoff", "--to", "parquet", a, b + "x"])
+    assert e.value.code == 2
+    assert "handoff, lerobot, robomimic, rosbag2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", "--from", "handoff", "--to", "lerobot", a, b + "y", "-o", "gop"])
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def convert(
     if fout.open_writer is None:
         writable = [n for n in FORMATS if FORMATS.get(n).open_writer]
         raise UserError(f"format {to_format!r} cannot be written; writable formats: {writable}")
-    known = set(fin.options) | set(fout.options)
+    known = set(fin.read_options) | set(fout.write_options)
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(
@@ -63,7 +63,7 @@ def convert(
 
     report = Report(str(src), str(dst), from_format, to_format)
     t0 = time.perf_counter()
-    reader = fin.open_reader(src, report, spec, **_pick(options, fin.options))
+    reader = fin.open_reader(src, report, spec, **_pick(options, fin.read_options))
     try:
         writer = fout.open_writer(
             dst,
@@ -71,7 +71,7 @@ def convert(
             reader,
             spec or reader.embodiment,
             force=force,
-            **_pick(options, fout.options),
+            **_pick(options, fout.write_options),
         )
         try:
             _pump(reader, writer, report, progress)

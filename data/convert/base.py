@@ -120,14 +120,16 @@ class Format:
 
     ``open_reader(path, report, embodiment, **options)`` and
     ``open_writer(path, report, reader, embodiment, **options)``; either may be None.
-    ``options`` lists the keyword options the format understands (checked before opening).
+    ``read_options``/``write_options`` list the keyword options each side understands
+    (checked before anything is opened).
     """
 
     name: str
     description: str
     open_reader: Any = None
     open_writer: Any = None
-    options: tuple[str, ...] = ()
+    read_options: tuple[str, ...] = ()
+    write_options: tuple[str, ...] = ()
 
 
 FORMATS: Registry[Format] = Registry("format")

@@ -380,6 +380,7 @@ FORMATS.register("rosbag2")(
         description="ROS 2 bag (read MCAP or sqlite3, write MCAP) via rosbags",
         open_reader=RosbagReader,
         open_writer=_open_writer,
-        options=("gap_s", "max_age_s", "action_offset_s", "task", *TOPIC_OPTIONS),
+        read_options=("gap_s", "max_age_s", "action_offset_s", "task", *TOPIC_OPTIONS),
+        write_options=("gap_s", *TOPIC_OPTIONS),
     )
 )
