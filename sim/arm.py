@@ -39,6 +39,7 @@ FINGER_OPEN = np.array([0.04, -0.04])  # ctrlrange ends of robosuite's panda_gri
 # Joint-impedance gains of Franka's own joint_impedance example controller (Nm/rad, Nms/rad);
 # stiff enough that the arm settles on a target within ~0.1 s (tests/test_sim.py checks it).
 KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
+SETTLE_STEPS = 5  # control steps (0.25 s at 20 Hz): a 6 cm drop takes ~0.11 s
 KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
 
 
@@ -121,6 +122,10 @@ class SimArm:
         _reseed_samplers(getattr(self.env, "placement_initializer", None), rng)
         self.env.reset()
         self.hold()
+        # robosuite drops objects from a few cm above their support; let them land so the
+        # first observation shows a resting scene
+        for _ in range(SETTLE_STEPS):
+            self.step()
 
     def hold(self) -> None:
         """Command the current joint positions and the current gripper opening."""
@@ -236,12 +241,20 @@ class SimArm:
 
     # ---- cameras -----------------------------------------------------------------------
 
-    def render(self, name: str) -> np.ndarray:
-        """Camera ``name`` of the spec as uint8 (H, W, 3)."""
-        cam = self.embodiment.camera(name)
-        key = (cam.height, cam.width)
+    def render(self, name: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Camera ``name`` as uint8 (H, W, 3), at the spec's size or ``size`` = (H, W).
+
+        With ``size`` any camera in :data:`CAMERAS` renders, in the spec or not (videos).
+        """
+        if size is None:
+            cam = self.embodiment.camera(name)
+            key = (cam.height, cam.width)
+        else:
+            key = (int(size[0]), int(size[1]))
+        if name not in CAMERAS:
+            raise KeyError(f"unknown camera {name!r}; simulated cameras: {sorted(CAMERAS)}")
         if key not in self._renderers:
-            self._renderers[key] = _renderer(self.model, cam.height, cam.width)
+            self._renderers[key] = _renderer(self.model, *key)
         r = self._renderers[key]
         r.update_scene(self.data, camera=CAMERAS[name])
         return r.render().copy()

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from data.embodiment import load_embodiment
 from data.registry import Registry
 from sim.kinematics import DiffIK, quat_xyzw_to_mat, rot_z, wrap, yaw_of
-from sim.tasks import SimTask
+from sim.tasks import SimTask, get_task
 
 OPEN, CLOSED = -1.0, 1.0
 ANGULAR_SPEED = 1.5  # rad/s: the wrist turns to a grasp yaw within ~1 s
@@ -47,21 +48,37 @@ EXPERTS: Registry[Callable[[ScriptedExpert], Plan]] = Registry("expert")
 
 
 class ScriptedExpert:
-    """The scripted expert of one task; ``reset()`` draws its variations from the task seed."""
+    """The scripted expert of one task; ``reset()`` draws its variations from the task seed.
 
-    def __init__(self, task: SimTask, seed: int | None = None) -> None:
-        self.task = task
-        self.arm = task.arm
-        self.embodiment = task.embodiment
+    Built on a :class:`~sim.tasks.SimTask`, or on a task name and then :meth:`bind`-ed to the
+    task instance it will drive (the evaluator does this: the expert needs the arm's
+    kinematics, which a learned policy does not).
+    """
+
+    def __init__(self, task: SimTask | str, seed: int | None = None) -> None:
+        name = task if isinstance(task, str) else task.name
+        self._plan_fn = EXPERTS.get(name)
+        self.task_name = name
+        self.embodiment = get_task(name).embodiment_for(load_embodiment("sim_panda"))
         self.input_keys = ["joint_pos", "eef_pos", "eef_quat", "object_state"]
-        self.config = {"type": "scripted_expert", "task": task.name}
-        self._plan_fn = EXPERTS.get(task.name)
+        self.config = {"type": "scripted_expert", "task": name}
         self._seed = seed
         self.rng = np.random.default_rng(seed)
         self.obs: dict[str, np.ndarray] = {}
         self._plan: Plan | None = None
+        self.task: SimTask | None = None
+        if not isinstance(task, str):
+            self.bind(task)
+
+    def bind(self, task: SimTask) -> None:
+        if task.name != self.task_name:
+            raise ValueError(f"expert for {self.task_name!r} cannot drive task {task.name!r}")
+        self.task = task
+        self.arm = task.arm
 
     def reset(self, seed: int | None = None) -> None:
+        if self.task is None:
+            raise RuntimeError("bind(task) the expert before reset()")
         if seed is None:
             seed = self.task.seed if self._seed is None else self._seed
         self.rng = np.random.default_rng(seed)
@@ -86,11 +103,18 @@ class ScriptedExpert:
     def eef(self) -> tuple[np.ndarray, np.ndarray]:
         return self.obs["eef_pos"].astype(np.float64), quat_xyzw_to_mat(self.obs["eef_quat"])
 
-    def grasp_rotation(self, obj_mat: np.ndarray, symmetry: float, noise: float) -> np.ndarray:
-        """Gripper pointing down, yawed onto the object's faces (yaw mod ``symmetry``)."""
+    def grasp_rotation(
+        self, obj_mat: np.ndarray, symmetry: float, noise: float, across: bool = False
+    ) -> np.ndarray:
+        """Gripper pointing down with its finger axis (the grip site's x axis) on the object's
+        x axis, or across it (``across``), yaw taken modulo ``symmetry``; ``symmetry=0`` is a
+        round object: keep the current yaw."""
         down = self.home_mat
-        delta = wrap(yaw_of(obj_mat) - yaw_of(down), symmetry) + self.uniform(-noise, noise)
-        return rot_z(delta) @ down
+        delta = 0.0
+        if symmetry > 0:
+            goal = yaw_of(obj_mat) + (np.pi / 2 if across else 0.0)
+            delta = wrap(goal - yaw_of(down), symmetry)
+        return rot_z(delta + self.uniform(-noise, noise)) @ down
 
     # ---- policy interface --------------------------------------------------------------
 
@@ -135,9 +159,8 @@ class ScriptedExpert:
         return arrived and self._dwelt > wp.dwell
 
 
-def make_expert(task: SimTask, seed: int | None = None) -> ScriptedExpert:
+def make_expert(task: SimTask | str, seed: int | None = None) -> ScriptedExpert:
     """The scripted expert for ``task`` (fails listing the tasks that have one)."""
-    EXPERTS.get(task.name)
     return ScriptedExpert(task, seed)
 
 
@@ -145,14 +168,20 @@ def make_expert(task: SimTask, seed: int | None = None) -> ScriptedExpert:
 
 
 def _pick(
-    ex: ScriptedExpert, index: int, symmetry: float, grasp_dz: float, offset: np.ndarray
+    ex: ScriptedExpert,
+    index: int,
+    symmetry: float,
+    grasp_dz: float,
+    offset: np.ndarray,
+    xy_noise: float = 0.004,
+    across: bool = False,
 ) -> Plan:
     """Hover over object ``index``, descend, close; ``offset`` is the grasp point in the
     object's frame. Leaves the object grasped at the grasp height."""
     pos, mat = ex.object_pose(index)
-    R = ex.grasp_rotation(mat, symmetry, noise=np.deg2rad(4))
+    R = ex.grasp_rotation(mat, symmetry, noise=np.deg2rad(4), across=across)
     grasp = pos + mat @ offset + np.array([0.0, 0.0, grasp_dz])
-    grasp[:2] += ex.rng.uniform(-0.004, 0.004, size=2)
+    grasp[:2] += ex.rng.uniform(-xy_noise, xy_noise, size=2)
     hover = grasp + np.array([0.0, 0.0, ex.uniform(0.08, 0.14)])
     yield Waypoint(hover, R, OPEN, speed=ex.uniform(0.25, 0.4), tol=0.02)
     yield Waypoint(grasp, R, OPEN, speed=ex.uniform(0.12, 0.2), tol=0.008, dwell=1)
@@ -193,12 +222,11 @@ def _place(
 ) -> Plan:
     """Carry the grasped object over ``target`` (its desired position), lower it to
     ``release_height`` above the target, open, and retreat upward."""
-    rel = _relative(ex, index)
-    pos, _ = ex.eef()
+    pos, R_now = ex.eef()
     lift_to = pos.copy()
     lift_to[2] = max(pos[2], target[2] + carry_height)
-    _, R_now = ex.eef()
-    yield Waypoint(lift_to, R_now, CLOSED, speed=ex.uniform(0.2, 0.3), tol=0.03)
+    yield Waypoint(lift_to, R_now, CLOSED, speed=ex.uniform(0.2, 0.3), tol=0.03, dwell=2)
+    rel = _relative(ex, index)  # measured once lifted: the object settles in the fingers
     above_obj = target + np.array([0.0, 0.0, carry_height])
     above, R = _gripper_for(above_obj, target_yaw_mat, rel)
     yield Waypoint(above, R, CLOSED, speed=ex.uniform(0.2, 0.3), tol=0.01, dwell=3)
@@ -216,13 +244,19 @@ def _flat(obj_mat: np.ndarray, yaw: float) -> np.ndarray:
 
 @EXPERTS.register("can")
 def can_plan(ex: ScriptedExpert) -> Plan:
-    yield from _pick(ex, 0, 2 * np.pi, ex.uniform(0.0, 0.015), np.zeros(3))
+    yield from _pick(ex, 0, 0.0, ex.uniform(0.0, 0.015), np.zeros(3), xy_noise=0.002)
+    # robosuite's PickPlace checks the can against its quadrant of bin2 (not_in_bin, bin_id 3:
+    # x from bin2_pos.x, y from bin2_pos.y, each bin_size/2 wide). Aim at the quadrant corner
+    # nearest the robot: its centre is at the edge of the Panda's reach.
     env = ex.arm.env
-    bin_world = env.target_bin_placements[env.object_to_id["can"]]
-    target = ex.arm.to_base(bin_world)
-    target[:2] += ex.rng.uniform(-0.03, 0.03, size=2)
-    _, mat = ex.object_pose(0)
-    yield from _place(ex, 0, target + np.array([0, 0, 0.06]), mat, 0.18, 0.03)
+    margin = 0.05  # can radius (~0.035) plus clearance from the quadrant's edges
+    corner = np.array(env.bin2_pos, dtype=np.float64)
+    corner[:2] += margin + ex.rng.uniform(0.0, 0.03, size=2)
+    target = ex.arm.to_base(corner) + np.array([0.0, 0.0, 0.06])  # can centre when resting
+    # the can is round: turn it with the base joint instead of winding the wrist to its limit
+    pos, mat = ex.object_pose(0)
+    swing = np.arctan2(target[1], target[0]) - np.arctan2(pos[1], pos[0])
+    yield from _place(ex, 0, target, rot_z(swing) @ mat, 0.16, 0.03)
 
 
 @EXPERTS.register("stack")
@@ -238,13 +272,25 @@ def stack_plan(ex: ScriptedExpert) -> Plan:
 
 @EXPERTS.register("square")
 def square_plan(ex: ScriptedExpert) -> Plan:
-    # grasp the handle: robosuite's SquareNut handle sits 0.054 m along the nut's x axis
-    yield from _pick(ex, 0, 2 * np.pi, ex.uniform(-0.004, 0.002), np.array([0.054, 0, 0]))
+    # grasp the handle across its 3.2 cm width: robosuite's SquareNut handle (geom g4) is a
+    # 5 x 3.2 x 2 cm box centred 0.054 m along the nut's x axis
+    handle = np.array([0.054, 0.0, 0.0])
+    yield from _pick(ex, 0, np.pi, ex.uniform(0.0, 0.004), handle, xy_noise=0.003, across=True)
     peg, peg_mat = ex.arm.body_pose("peg1")
-    _, nut_mat = ex.object_pose(0)
-    yaw = yaw_of(nut_mat) + wrap(yaw_of(peg_mat) - yaw_of(nut_mat), np.pi / 2)
+    nut_pos, nut_mat = ex.object_pose(0)
+    rel = _relative(ex, 0)
     target = peg.copy()
-    target[2] = ex.object_pose(0)[0][2]  # nut resting height on the table
+    target[2] = nut_pos[2]  # nut resting height on the table
+    # the square hole fits the peg every 90 degrees; of the four, take the one whose handle
+    # (and so the gripper) ends nearest the robot: the far ones are beyond the Panda's reach
+    base_yaw = yaw_of(nut_mat) + wrap(yaw_of(peg_mat) - yaw_of(nut_mat), np.pi / 2)
+    candidates = [base_yaw + k * np.pi / 2 for k in range(4)]
+
+    def cost(yaw: float) -> float:
+        grip, _ = _gripper_for(target, _flat(nut_mat, yaw), rel)
+        return float(np.linalg.norm(grip[:2])) + 0.03 * abs(wrap(yaw - yaw_of(nut_mat)))
+
+    yaw = min(candidates, key=cost)
     yield from _place(ex, 0, target, _flat(nut_mat, yaw), 0.14, 0.035)
 
 

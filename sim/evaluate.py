@@ -1,0 +1,271 @@
+"""Evaluation in simulation: ``evaluate_policy`` (the trainer's hook) and ``handoff-eval``.
+
+    handoff-eval --checkpoint runs/lift_diffusion --task lift --episodes 50 --workers 2 --out ev/
+    handoff-eval --expert --task square --episodes 50 --workers 2
+    handoff-eval --replay demos/lift.zarr:3 --out ev_replay/
+
+Anything with the policy interface of DESIGN.md runs here: learned checkpoints (loaded through
+the ``load_policy`` hook, never imported from ``policies``), the scripted expert, and an
+open-loop replay of a stored episode. Episode i uses seed ``seed + i``, so a report is
+reproducible whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.errors import UserError, cli_main
+from data.registry import hook
+
+VIDEO_CAMERA = "agentview"
+VIDEO_SIZE = (160, 160)  # (H, W): legible, yet cheap to render with OSMesa
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval (95% for z=1.96) of a success rate; [0, 1] when n == 0."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
+    """Cameras the policy consumes; fails naming any embodiment or observation mismatch."""
+    problems = task_spec.compatible_with(policy.embodiment)
+    available = set(task_spec.observation) | {"agentview", "wrist"}
+    missing = [k for k in policy.input_keys if k not in available]
+    if missing:
+        problems.append(f"policy reads {missing}, which task {task!r} does not observe")
+    if problems:
+        raise UserError(
+            f"policy embodiment {policy.embodiment.name!r} does not match task {task!r}: "
+            + "; ".join(problems)
+        )
+    return [k for k in policy.input_keys if k in ("agentview", "wrist")]
+
+
+class _Worker:
+    """One task + one policy inside one process."""
+
+    def __init__(self, make_policy: Callable[[], Any], task: str, max_steps: int | None) -> None:
+        from data.embodiment import load_embodiment
+        from sim.tasks import get_task, make_task
+
+        self.policy = make_policy()
+        spec = get_task(task).embodiment_for(load_embodiment("sim_panda"))
+        cameras = check_compatible(self.policy, spec, task)
+        size = (84, 84)
+        if cameras:  # render at the size the policy was trained on
+            cam = self.policy.embodiment.camera(cameras[0])
+            size = (cam.height, cam.width)
+        self.task = make_task(task, cameras=cameras, image_size=size, max_steps=max_steps)
+        if hasattr(self.policy, "bind"):  # the scripted expert needs the arm's kinematics
+            self.policy.bind(self.task)
+
+
+def _setup(make_policy: Callable[[], Any], task: str, max_steps: int | None) -> _Worker:
+    return _Worker(make_policy, task, max_steps)
+
+
+def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
+    """Run one episode; job = (seed, obs_latency, action_latency, record video)."""
+    seed, obs_latency, action_latency, video = job
+    task, policy = w.task, w.policy
+    obs, _ = task.reset(seed=seed)
+    policy.reset()
+    # obs_latency: the policy sees the observation from k steps ago (the first one repeated at
+    # the start); action_latency: an action reaches the arm k steps after it was computed,
+    # the arm holding its reset pose until then
+    seen: deque[dict[str, np.ndarray]] = deque([obs] * (obs_latency + 1), maxlen=obs_latency + 1)
+    pending: deque[np.ndarray] = deque([task.arm.last_action.copy()] * action_latency)
+    latencies, frames = [], []
+    success, length = False, 0
+    while True:
+        if video:
+            frames.append(task.arm.render(VIDEO_CAMERA, VIDEO_SIZE))
+        t0 = time.perf_counter()
+        action = np.asarray(policy.select_action(seen[0]), dtype=np.float32)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        pending.append(action)
+        obs, _, terminated, truncated, info = task.step(pending.popleft())
+        seen.append(obs)
+        length += 1
+        if terminated or truncated:
+            success = bool(info["success"])
+            break
+    return {
+        "seed": seed,
+        "success": success,
+        "length": length,
+        "latency_ms": latencies,
+        "frames": np.stack(frames) if frames else None,
+    }
+
+
+def evaluate_policy(
+    policy_or_factory: Any,
+    task: str,
+    n_episodes: int,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+    max_steps: int | None = None,
+    obs_latency: int = 0,
+    action_latency: int = 0,
+    out_dir: str | Path | None = None,
+    video_episodes: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``n_episodes`` of a policy (or a picklable zero-arg policy factory) on ``task``.
+
+    Returns the JSON-able report of the contract in DESIGN.md; with ``out_dir`` also writes
+    report.json, rollouts.mp4 (the first ``video_episodes`` episodes) and summary.png.
+    """
+    from tqdm import tqdm
+
+    from sim.tasks import TASKS
+    from sim.workers import run_jobs
+
+    TASKS.get(task)
+    if n_episodes <= 0 or workers <= 0:
+        raise UserError("the number of episodes and of workers must be positive")
+    if obs_latency < 0 or action_latency < 0:
+        raise UserError("--obs-latency and --action-latency are control steps, >= 0")
+    is_factory = callable(policy_or_factory) and not hasattr(policy_or_factory, "select_action")
+    if not is_factory:
+        if workers > 1:
+            raise UserError("pass a picklable policy factory (not a policy object) for workers > 1")
+        policy_obj = policy_or_factory
+        make_policy: Callable[[], Any] = lambda: policy_obj  # noqa: E731
+    else:
+        make_policy = policy_or_factory
+    workers = min(workers, n_episodes)
+    setup = functools.partial(_setup, make_policy, task, max_steps)
+    jobs = [(seed + i, obs_latency, action_latency, i < video_episodes) for i in range(n_episodes)]
+    results, ok = [], 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_episodes, desc=f"eval {task}", unit="ep", disable=not progress)
+    try:
+        for r in run_jobs(setup, _episode, jobs, workers):
+            results.append(r)
+            ok += r["success"]
+            bar.update(1)
+            bar.set_postfix(success=f"{ok}/{len(results)}")
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    lat = np.concatenate([r["latency_ms"] for r in results])
+    report = {
+        "task": task,
+        "n_episodes": n_episodes,
+        "successes": ok,
+        "success_rate": ok / n_episodes,
+        "success_ci95": wilson_interval(ok, n_episodes),
+        "mean_length": float(np.mean([r["length"] for r in results])),
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        "seeds": [r["seed"] for r in results],
+        "per_episode": [
+            {"seed": r["seed"], "success": r["success"], "length": r["length"]} for r in results
+        ],
+        "workers": workers,
+        "obs_latency": obs_latency,
+        "action_latency": action_latency,
+        "wall_s": wall,
+        "steps_per_s": float(sum(r["length"] for r in results) / wall),
+    }
+    if out_dir is not None:
+        from sim.report import write_outputs
+
+        write_outputs(
+            Path(out_dir), report, [r["frames"] for r in results if r["frames"] is not None], lat
+        )
+    return report
+
+
+# ---- handoff-eval --------------------------------------------------------------------
+
+
+def _replay_target(text: str) -> tuple[str, int]:
+    path, sep, ep = text.rpartition(":")
+    if not sep or not path:
+        raise UserError(f"--replay {text!r}: expected STORE:EPISODE, e.g. demos/lift.zarr:0")
+    try:
+        return path, int(ep)
+    except ValueError:
+        raise UserError(f"--replay {text!r}: EPISODE must be an integer") from None
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    from sim.replay import ReplayPolicy
+    from sim.tasks import TASKS
+
+    p = argparse.ArgumentParser(prog="handoff-eval", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint directory")
+    src.add_argument("--expert", action="store_true", help="evaluate the scripted expert")
+    src.add_argument("--replay", metavar="STORE:EPISODE", help="open-loop replay of an episode")
+    p.add_argument("--task", help=f"one of: {', '.join(TASKS.names())} (replay: from the store)")
+    p.add_argument("--episodes", type=int, help="episodes (default 50; replay 1)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--seed", type=int, help="seed of episode 0 (default 0; replay: its seed)")
+    p.add_argument("--max-steps", type=int, help="episode time limit (default: the task's)")
+    p.add_argument("--obs-latency", type=int, default=0, help="observation delay, control steps")
+    p.add_argument("--action-latency", type=int, default=0, help="action delay, control steps")
+    p.add_argument("--out", metavar="DIR", help="write report.json, rollouts.mp4, summary.png")
+    p.add_argument("--video-episodes", type=int, default=2, help="episodes in the mp4 (with --out)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+
+    task, seed, episodes = a.task, a.seed, a.episodes
+    if a.replay:
+        store, episode = _replay_target(a.replay)
+        probe = ReplayPolicy(store, episode)
+        task = task or probe.task
+        seed = probe.seed if seed is None else seed
+        episodes = episodes or 1
+        factory: Callable[[], Any] = functools.partial(ReplayPolicy, store, episode)
+    elif a.expert:
+        from sim.experts import ScriptedExpert
+
+        if not task:
+            raise UserError("--expert needs --task")
+        factory = functools.partial(ScriptedExpert, task)
+    else:
+        if not task:
+            raise UserError("--checkpoint needs --task")
+        if not Path(a.checkpoint).is_dir():
+            raise UserError(f"--checkpoint {a.checkpoint}: no such checkpoint directory")
+        factory = functools.partial(hook("load_policy"), a.checkpoint)
+    TASKS.get(task)
+    if a.out and (Path(a.out) / "report.json").exists() and not a.force:
+        raise UserError(f"{a.out}/report.json exists; pass --force to overwrite it")
+    report = evaluate_policy(
+        factory,
+        task,
+        episodes or 50,
+        seed=0 if seed is None else seed,
+        workers=a.workers,
+        max_steps=a.max_steps,
+        obs_latency=a.obs_latency,
+        action_latency=a.action_latency,
+        out_dir=a.out,
+        video_episodes=a.video_episodes if a.out else 0,
+        progress=not a.no_progress,
+    )
+    brief = {k: v for k, v in report.items() if k not in ("per_episode", "seeds")}
+    print(json.dumps(brief))
