@@ -128,6 +128,9 @@ class EpisodeRecorder:
         self.write_errors: list[str] = []
         self._gaps: dict[str, int] = {}
         self._start_tick = 0.0
+        self._start_at: float | None = None  # a requested start, waiting for its tick
+        self._stop_at: float | None = None  # a requested stop, waiting for its last tick
+        self._start_meta: dict[str, Any] = {}
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._idle = threading.Event()
         self._idle.set()
@@ -136,20 +139,41 @@ class EpisodeRecorder:
 
     # ---- control ----------------------------------------------------------------------------
 
-    def start(self, **meta: Any) -> str:
-        if self.recording:
+    def start(self, at: float | None = None, **meta: Any) -> str:
+        """Begin an episode with the first tick >= ``at`` (None: the next tick).
+
+        The node's ticks run ``lag_s`` behind the clock, so ``at`` = the request time keeps
+        steps from before the request out of the episode.
+        """
+        if self._start_at is not None or (self.recording and self._stop_at is None):
             return "already recording"
+        self._start_at = -math.inf if at is None else at
+        self._start_meta = {**self.meta, **meta, "start_time": time.time()}
+        return "episode starts at the next tick"
+
+    def _begin(self) -> None:
         self.recording, self.success, self.steps = True, None, 0
         self._gaps = {name: 0 for name in self.streams}
         self._start_tick = math.nan
-        self._episode_meta = {**self.meta, **meta, "start_time": time.time()}
+        self._episode_meta = self._start_meta
+        self._start_at = None
         self._put(("start", None))
-        return f"recording episode {self.store.n_episodes + self.episodes_written}"
 
-    def stop(self) -> tuple[bool, str]:
-        if not self.recording:
+    def stop(self, at: float | None = None) -> tuple[bool, str]:
+        """End the episode after the last tick <= ``at`` (None: now) and commit it."""
+        if self._start_at is not None and not self.recording:
+            self._start_at = None
+            return False, "episode had not begun; nothing recorded"
+        if not self.recording or self._stop_at is not None:
             return False, "not recording"
+        if at is not None:
+            self._stop_at = at
+            return True, "stopping; the episode is committed once its last ticks are assembled"
+        return self._finish()
+
+    def _finish(self) -> tuple[bool, str]:
         self.recording = False
+        self._stop_at = None
         if self.steps == 0:
             self._put(("discard", None))
             return False, "episode had no steps; discarded"
@@ -165,9 +189,11 @@ class EpisodeRecorder:
         return True, f"episode of {self.steps} steps committed" + (f", gaps {gaps}" if gaps else "")
 
     def discard(self) -> tuple[bool, str]:
+        self._start_at = None
         if not self.recording:
             return False, "not recording"
         self.recording = False
+        self._stop_at = None
         self._put(("discard", None))
         return True, f"discarded {self.steps} steps"
 
@@ -181,6 +207,10 @@ class EpisodeRecorder:
 
     def tick(self, t: float) -> dict[str, np.ndarray] | None:
         """Assemble the step at tick ``t`` (seconds) and queue it when recording."""
+        if self.recording and self._stop_at is not None and t > self._stop_at:
+            self._finish()
+        if not self.recording and self._start_at is not None and t >= self._start_at:
+            self._begin()
         step: dict[str, np.ndarray] = {}
         for name, stream in self.streams.items():
             values, gap = stream.at(t)
@@ -242,7 +272,11 @@ class EpisodeRecorder:
         return self._idle.wait(timeout)
 
     def close(self) -> None:
-        if self.recording:
+        """Shut the writer down: a stopped episode still waiting for its last ticks is
+        committed with what it has; an episode never stopped is discarded."""
+        if self.recording and self._stop_at is not None:
+            self._finish()
+        elif self.recording:
             self.discard()
         self._q.put(("stop", None))
         self._thread.join(timeout=30)

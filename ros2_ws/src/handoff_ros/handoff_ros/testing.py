@@ -78,7 +78,8 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -138,15 +139,32 @@ class Probe:
     def spin_for(self, seconds: float) -> None:
         self.spin_until(lambda: False, seconds)
 
-    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
+    def call(
+        self, srv_type: type, name: str, request: Any, timeout: float = 20.0, resend_s: float = 3.0
+    ) -> Any:
+        """Call a service; re-sends every ``resend_s`` (a server that was just killed can look
+        alive to discovery for a while and swallow the first request). The first answer wins."""
         client = self.node.create_client(srv_type, name)
-        if not self.spin_until(client.service_is_ready, timeout):
-            raise TimeoutError(f"service {name} did not appear within {timeout} s")
-        future = client.call_async(request)
-        if not self.spin_until(future.done, timeout):
+        try:
+            if not self.spin_until(client.service_is_ready, timeout):
+                raise TimeoutError(f"service {name} did not appear within {timeout} s")
+            end = time.monotonic() + timeout
+            futures = []
+            while time.monotonic() < end:
+                futures.append(client.call_async(request))
+                if self.spin_until(lambda: any(f.done() for f in futures), resend_s):
+                    return next(f for f in futures if f.done()).result()
             raise TimeoutError(f"service {name} did not answer within {timeout} s")
-        self.node.destroy_client(client)
-        return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def diagnostic_values(self, node_name: str) -> dict[str, str]:
+        """Key/values of the newest /diagnostics status of ``node_name`` (subscribe first)."""
+        for _, array in reversed(self.msgs["/diagnostics"]):
+            for status in array.status:
+                if status.name == node_name:
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
 
     def close(self) -> None:
         self.executor.shutdown()

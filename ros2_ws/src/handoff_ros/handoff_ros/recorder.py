@@ -1,0 +1,331 @@
+"""recorder node: topics -> fixed-rate steps -> a zarr demonstration store.
+
+Observations: ``/joint_states`` (matched by name), each spec camera's ``image_raw``, and on
+the simulated arm its ``eef_pose`` and privileged ``object_state``. The action is the command
+actually sent to the controller (forward command, or the goal point of a joint trajectory,
+plus the gripper command); before the first command it is the measured position, which is
+what a position controller holds. ``data/intervention`` is the teleop node's engaged flag
+(False when no teleop runs), so human corrections during policy rollouts are marked.
+
+Alignment: a timer ticks at the spec's rate; tick ``t`` is assembled ``lag_s`` later with
+data/align.py's rule (see handoff_ros.recording). Services: ``~/start``, ``~/stop``,
+``~/discard`` (Trigger), ``~/mark_success`` (SetBool). Per-topic rate, latency and drops go to
+/diagnostics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from data.embodiment import Embodiment, load_embodiment
+from data.errors import UserError
+from data.store import DemoStore
+from handoff_ros.commands import forward_from_msg, trajectory_from_msg
+from handoff_ros.images import ImageError, from_image_msg
+from handoff_ros.recording import EpisodeRecorder, Stream
+from handoff_ros.rosutil import (
+    ERROR,
+    OK,
+    Diagnostics,
+    JointMatcher,
+    declare_params,
+    now_sec,
+    param,
+    run_node,
+    stamp_to_sec,
+)
+
+
+@dataclass
+class RecorderParams:
+    store: str = param("", "zarr store to append to (created with the spec if missing)")
+    embodiment: str = param("sim_panda", "embodiment spec name or YAML path")
+    task: str = param("lift", "task name written to each episode's metadata")
+    sim_task: bool = param(
+        True, "the task is a sim.tasks task: add its privileged object_state to the spec"
+    )
+    source: str = param("teleop", "episode source metadata: teleop, policy or scripted")
+    operator: str = param("", "operator name written to each episode's metadata")
+    cameras: str = param("all", "comma-separated spec cameras to record; all; or none")
+    camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
+    image_height: int = param(0, "stored frame height, px; 0: the spec's")
+    image_width: int = param(0, "stored frame width, px; 0: the spec's")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
+    gripper_joints: str = param(
+        "gripper0_right_finger_joint1,gripper0_right_finger_joint2",
+        "finger joints in joint_states recorded as gripper_pos (when the spec has it)",
+    )
+    eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
+    object_state_topic: str = param("/sim_arm/object_state", "privileged object state (sim)")
+    trajectory_topic: str = param(
+        "/arm_controller/joint_trajectory", "joint_trajectory_controller input (recorded action)"
+    )
+    forward_topic: str = param(
+        "/forward_position_controller/commands", "forward_command_controller input (action)"
+    )
+    gripper_topic: str = param("/gripper_controller/commands", "gripper command (action)")
+    engaged_topic: str = param("/teleop/engaged", "teleop engaged flag -> data/intervention")
+    max_age_s: float = param(
+        0.15, "an observation older than this at a tick is a gap (3 periods at 20 Hz)"
+    )
+    lag_s: float = param(
+        0.2, "ticks are assembled this late so late messages (camera transport) still count"
+    )
+    action_offset_s: float = param(
+        0.025, "a command up to this long after a tick belongs to it (half a period at 20 Hz)"
+    )
+    auto_start: bool = param(False, "start an episode as soon as the node is up")
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ValueError("store is required: -p store:=/path/to/demos.zarr")
+        if self.source not in ("teleop", "policy", "scripted"):
+            raise ValueError(f"source {self.source!r}: use teleop, policy or scripted")
+        if self.max_age_s <= 0 or self.lag_s < 0 or self.action_offset_s < 0:
+            raise ValueError("max_age_s must be > 0, lag_s and action_offset_s >= 0")
+        if self.action_offset_s > self.lag_s:
+            raise ValueError("action_offset_s must not exceed lag_s (the tick would be final)")
+        if "{camera}" not in self.camera_topic:
+            raise ValueError("camera_topic must contain {camera}")
+
+
+def recorder_spec(p: RecorderParams) -> Embodiment:
+    spec = load_embodiment(p.embodiment)
+    if p.cameras == "none":
+        spec = spec.with_cameras([], None)
+    elif p.cameras != "all":
+        spec = spec.with_cameras([c.strip() for c in p.cameras.split(",") if c.strip()], None)
+    if p.image_height or p.image_width:
+        if not (p.image_height and p.image_width):
+            raise UserError("set both image_height and image_width (or neither)")
+        spec = spec.with_cameras(None, (p.image_height, p.image_width))
+    if p.sim_task:
+        from sim.tasks import get_task
+
+        spec = get_task(p.task).embodiment_for(spec)
+    return spec
+
+
+class RecorderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("recorder")
+        p = self.p = declare_params(self, RecorderParams)
+        spec = self.spec = recorder_spec(p)
+        self.store = open_store(p.store, spec)
+        obs = spec.observation
+        self.joints = JointMatcher(spec.joint_names)
+        self.fingers = JointMatcher([n for n in p.gripper_joints.split(",") if n])
+        self.streams: dict[str, Stream] = {"joint_states": Stream("joint_states", p.max_age_s)}
+        self.create_subscription(JointState, p.joint_states_topic, self.on_joint_states, 50)
+        if "eef_pos" in obs:
+            self.streams["eef_pose"] = Stream("eef_pose", p.max_age_s)
+            self.create_subscription(PoseStamped, p.eef_pose_topic, self.on_eef_pose, 10)
+        if "object_state" in obs:
+            self.streams["object_state"] = Stream("object_state", p.max_age_s)
+            self.create_subscription(Float64MultiArray, p.object_state_topic, self.on_object, 10)
+        for cam in spec.camera_names:
+            self.streams[cam] = Stream(cam, p.max_age_s)
+            topic = p.camera_topic.format(camera=cam)
+            self.create_subscription(
+                Image, topic, lambda m, c=cam: self.on_image(c, m), qos_profile_sensor_data
+            )
+        recorded = {"joint_pos", "joint_vel", "gripper_pos", "eef_pos", "eef_quat", "object_state"}
+        missing = set(obs) - recorded
+        if missing:
+            raise UserError(f"spec {spec.name}: no topic records observation(s) {sorted(missing)}")
+        # the action and the engaged flag hold their last value: a controller keeps its target
+        self.streams["action"] = Stream("action", None)
+        self.streams["engaged"] = Stream("engaged", 0.5)  # 0.5 s: the deadman's timeout
+        self.command = np.full(spec.action_dim, np.nan)
+        self.command[-1] = spec.gripper.open_command
+        self.create_subscription(JointTrajectory, p.trajectory_topic, self.on_trajectory, 10)
+        self.create_subscription(Float64MultiArray, p.forward_topic, self.on_forward, 10)
+        self.create_subscription(Float64MultiArray, p.gripper_topic, self.on_gripper, 10)
+        self.create_subscription(Bool, p.engaged_topic, self.on_engaged, 10)
+        open_cmd = spec.gripper.open_command
+        self.rec = EpisodeRecorder(
+            self.store,
+            self.streams,
+            {c.name: (c.height, c.width) for c in spec.cameras},
+            {"task": p.task, "source": p.source, "operator": p.operator, "seed": None},
+            optional={
+                "action": lambda s: {"action": np.append(s["joint_pos"], open_cmd)},
+                "engaged": {"intervention": np.array(False)},
+            },
+        )
+        self.create_service(Trigger, "~/start", self.srv_start)
+        self.create_service(Trigger, "~/stop", self.srv_stop)
+        self.create_service(Trigger, "~/discard", self.srv_discard)
+        self.create_service(SetBool, "~/mark_success", self.srv_mark_success)
+        self.dt = spec.dt
+        self.next_tick = math.nan
+        self.skipped_ticks = 0
+        self.timer = self.create_timer(self.dt, self.on_timer)
+        self.diag = Diagnostics(self, self.report)
+        if p.auto_start:
+            self.rec.start()
+        self.get_logger().info(f"recording {sorted(self.streams)} into {p.store}")
+
+    # ---- callbacks: convert and push, never block ------------------------------------------
+
+    def on_joint_states(self, msg: JointState) -> None:
+        try:
+            values = {
+                "joint_pos": self.joints.positions(msg).astype(np.float32),
+                "joint_vel": self.joints.velocities(msg).astype(np.float32),
+            }
+            if "gripper_pos" in self.spec.observation:
+                values["gripper_pos"] = self.fingers.positions(msg).astype(np.float32)
+        except ValueError as e:
+            self.diag.problem(f"{self.p.joint_states_topic}: {e}")
+            return
+        self.streams["joint_states"].push(stamp_to_sec(msg.header.stamp), values, now_sec(self))
+
+    def on_eef_pose(self, msg: PoseStamped) -> None:
+        p, o = msg.pose.position, msg.pose.orientation
+        values = {
+            "eef_pos": np.array([p.x, p.y, p.z], np.float32),
+            "eef_quat": np.array([o.x, o.y, o.z, o.w], np.float32),
+        }
+        self.streams["eef_pose"].push(stamp_to_sec(msg.header.stamp), values, now_sec(self))
+
+    def on_object(self, msg: Float64MultiArray) -> None:
+        n = self.spec.observation["object_state"][0]
+        try:
+            values = {"object_state": forward_from_msg(msg, n, "object_state").astype(np.float32)}
+        except ValueError as e:
+            self.diag.problem(str(e))
+            return
+        t = now_sec(self)  # Float64MultiArray has no header: stamped on arrival
+        self.streams["object_state"].push(t, values, t)
+
+    def on_image(self, cam: str, msg: Image) -> None:
+        try:
+            rgb = from_image_msg(msg)
+        except ImageError as e:
+            self.diag.problem(f"{cam}: {e}")
+            return
+        self.streams[cam].push(stamp_to_sec(msg.header.stamp), {cam: rgb}, now_sec(self))
+
+    def _push_command(self) -> None:
+        if np.all(np.isfinite(self.command)):
+            t = now_sec(self)
+            action = {"action": self.command.astype(np.float32)}
+            self.streams["action"].push(t, action, t)
+
+    def on_forward(self, msg: Float64MultiArray) -> None:
+        try:
+            self.command[:-1] = forward_from_msg(msg, self.spec.n_joints, self.p.forward_topic)
+        except ValueError as e:
+            self.diag.problem(str(e))
+            return
+        self._push_command()
+
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        origin = np.zeros(self.spec.n_joints)
+        try:
+            traj = trajectory_from_msg(msg, self.spec.joint_names, origin, now_sec(self))
+        except ValueError as e:
+            self.diag.problem(f"{self.p.trajectory_topic}: {e}")
+            return
+        self.command[:-1] = traj.positions[-1]  # the goal the controller is sent toward
+        self._push_command()
+
+    def on_gripper(self, msg: Float64MultiArray) -> None:
+        try:
+            self.command[-1] = forward_from_msg(msg, 1, self.p.gripper_topic)[0]
+        except ValueError as e:
+            self.diag.problem(str(e))
+            return
+        self._push_command()
+
+    def on_engaged(self, msg: Bool) -> None:
+        t = now_sec(self)
+        self.streams["engaged"].push(t, {"intervention": np.array(bool(msg.data))}, t)
+
+    # ---- ticks -----------------------------------------------------------------------------
+
+    def on_timer(self) -> None:
+        due = now_sec(self) - self.p.lag_s
+        if math.isnan(self.next_tick):
+            self.next_tick = math.floor(due / self.dt) * self.dt
+        if due - self.next_tick > 1.0:  # stalled for over a second: skip, do not spiral
+            skipped = int((due - self.next_tick) / self.dt)
+            self.skipped_ticks += skipped
+            self.next_tick += skipped * self.dt
+        while self.next_tick <= due:
+            self.rec.tick(self.next_tick)
+            self.next_tick += self.dt
+
+    # ---- services --------------------------------------------------------------------------
+
+    def srv_start(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        message = self.rec.start(at=now_sec(self))
+        res.success, res.message = message != "already recording", message
+        self.get_logger().info(res.message)
+        return res
+
+    def srv_stop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        # ticks of the last lag_s are not assembled yet (frames in flight): the episode is
+        # committed when the tick of this request is
+        res.success, res.message = self.rec.stop(at=now_sec(self))
+        self.get_logger().info(res.message)
+        return res
+
+    def srv_discard(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        res.success, res.message = self.rec.discard()
+        return res
+
+    def srv_mark_success(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        res.success, res.message = self.rec.mark_success(req.data)
+        return res
+
+    def report(self) -> tuple[int, str, dict]:
+        values: dict = {
+            "hardware_id": self.p.store,
+            "recording": self.rec.recording,
+            "episode_steps": self.rec.steps,
+            "episodes_written": self.rec.episodes_written,
+            "write_queue_max": self.rec.queue_max,
+            "skipped_ticks": self.skipped_ticks,
+        }
+        for name, stream in self.streams.items():
+            for k, v in stream.stats.summary().items():
+                values[f"{name}.{k}"] = v
+        if self.rec.write_errors:
+            return ERROR, f"store write failed: {self.rec.write_errors[-1]}", values
+        return OK, "recording" if self.rec.recording else "idle", values
+
+    def close(self) -> None:
+        self.rec.close()
+
+
+def open_store(path: str, spec: Embodiment) -> DemoStore:
+    """Append to an existing store whose spec matches, or create one."""
+    if not Path(path).exists():
+        return DemoStore.create(path, spec)
+    store = DemoStore.open(path, "a")
+    if store.embodiment is not None:
+        problems = spec.compatible_with(store.embodiment)
+        if problems:
+            raise UserError(f"store {path} was recorded for another arm: {'; '.join(problems)}")
+    return store
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(RecorderNode, args)
+
+
+if __name__ == "__main__":
+    main()
