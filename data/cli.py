@@ -39,11 +39,19 @@ def _codec_name(arr) -> str:
     meta = arr.metadata
     if meta.zarr_format == 2:
         return str(meta.compressor.codec_id) if meta.compressor is not None else "none"
-    names = [type(c).__name__.removesuffix("Codec").lower() for c in meta.codecs]
-    for c in meta.codecs:
-        if hasattr(c, "cname"):
-            names.append(str(c.cname.value))
-    return "+".join(names)
+
+    def names(codecs) -> str:
+        out = []
+        for c in codecs:
+            name = type(c).__name__.removesuffix("Codec").lower()
+            if hasattr(c, "codecs"):  # sharding: name the inner codecs
+                name += f"[{names(c.codecs)}]"
+            if hasattr(c, "cname"):
+                name += f"-{c.cname.value}"
+            out.append(name)
+        return "+".join(out)
+
+    return names(meta.codecs)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

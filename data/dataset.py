@@ -23,53 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from data.errors import UserError
-from data.store import DemoStore, direct_frame_io, is_image_array
+from data.frames import FrameIO
+from data.store import DemoStore, is_image_array
 
 STATS_BLOCK_ROWS = 65536  # rows per streamed block when computing statistics
 IMAGE_STATS_MAX_FRAMES = 512  # image statistics come from an evenly strided subsample
-
-
-class FrameReader:
-    """Reads frames ``arr[idx]`` of a uint8 (N, H, W, C) image array, fast where it can."""
-
-    def __init__(self, arr: zarr.Array, label: str) -> None:
-        self.arr = arr
-        self.label = label
-        self.frame_shape = tuple(arr.shape[1:])
-        self._io = direct_frame_io(arr)
-
-    def read(self, idx: np.ndarray) -> np.ndarray:
-        """idx: (n,) int -> (n, H, W, C) uint8."""
-        if self._io is None:
-            unique, inverse = np.unique(idx, return_inverse=True)
-            frames = self.arr.get_orthogonal_selection((unique,))
-            return frames[inverse]
-        out = np.empty((len(idx), *self.frame_shape), dtype=np.uint8)
-        cache: dict[int, np.ndarray] = {}
-        for j, i in enumerate(idx.tolist()):
-            if i not in cache:
-                cache[i] = self._read_one(i)
-            out[j] = cache[i]
-        return out
-
-    def _read_one(self, i: int) -> np.ndarray:
-        _, decode, chunk_path = self._io
-        path = chunk_path(i)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:  # never-written chunk: zarr's fill value
-            return np.zeros(self.frame_shape, dtype=np.uint8)
-        try:
-            return np.frombuffer(decode(raw), dtype=np.uint8).reshape(self.frame_shape)
-        except Exception as e:  # a truncated or corrupt chunk file
-            raise UserError(
-                f"{path}: cannot decode frame {i} of {self.label} ({e}); the chunk is damaged"
-                f" - run `handoff-data validate` on the store"
-            ) from None
 
 
 class SequenceDataset:
@@ -127,7 +87,7 @@ class SequenceDataset:
         self._lo = np.concatenate(lo)
         self._hi = np.concatenate(hi)
         self.episodes = list(chosen)
-        self._readers: dict[str, FrameReader] | None = None
+        self._readers: dict[str, FrameIO] | None = None
 
     @property
     def store(self) -> DemoStore:
@@ -152,8 +112,8 @@ class SequenceDataset:
     def _frames(self, key: str, idx: np.ndarray) -> np.ndarray:
         store = self.store
         if self._readers is None:
-            self._readers = {k: FrameReader(store.data[k], f"data/{k}") for k in self.image_keys}
-        return self._readers[key].read(idx)
+            self._readers = {k: FrameIO(store.data[k], f"data/{k}") for k in self.image_keys}
+        return self._readers[key].frames(idx)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
@@ -224,7 +184,7 @@ def compute_stats(
             pick = steps[
                 np.linspace(0, len(steps) - 1, min(len(steps), IMAGE_STATS_MAX_FRAMES)).astype(int)
             ]
-            frames = FrameReader(arr, f"data/{key}").read(pick).astype(np.float32) / 255.0
+            frames = FrameIO(arr, f"data/{key}").frames(pick).astype(np.float32) / 255.0
             flat = frames.reshape(-1, frames.shape[-1])
             acc = _Moments(flat.shape[-1])
             acc.add(flat)

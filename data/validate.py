@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from data.dataset import FrameReader
+from data.frames import FrameIO
 from data.store import DemoStore, is_image_array
 
 BLOCK_ROWS = 65536
@@ -84,12 +84,12 @@ def _check_images(store: DemoStore, key: str, spec, bar) -> list[str]:
                 f"{where}: data/{key} frames are {list(arr.shape[1:])}, the embodiment "
                 f"spec says {list(expected)} (HWC)"
             )
-    reader = FrameReader(arr, f"data/{key}")
+    reader = FrameIO(arr, f"data/{key}")
     step = 256
     for start in range(0, store.n_steps, step):
         idx = np.arange(start, min(store.n_steps, start + step))
         try:
-            frames = reader.read(idx)
+            frames = reader.frames(idx)
         except Exception as e:
             problems.append(
                 f"{where}: data/{key} frames {start}..{idx[-1]} cannot be decoded ({e})"

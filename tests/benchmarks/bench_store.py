@@ -24,7 +24,8 @@ import numpy as np
 
 from data.dataset import SequenceDataset
 from data.embodiment import load_embodiment
-from data.store import DemoStore, direct_frame_io
+from data.frames import EMPTY, FrameIO
+from data.store import DemoStore
 
 
 def camera_frames(n: int, h: int, w: int, seed: int, noise: float = 2.0) -> np.ndarray:
@@ -73,6 +74,9 @@ def bench_writer(root: Path, seconds: float) -> dict:
 def bench_sampler(root: Path, n_samples: int) -> dict:
     import torch
 
+    # one intra-op thread, as in a DataLoader worker: batch collation with several threads
+    # spins on a loaded 2-core machine and would measure the OpenMP pool, not the store
+    torch.set_num_threads(1)
     spec = load_embodiment("sim_panda").with_cameras(None, (96, 96))
     store = DemoStore.create(root / "sampler.zarr", spec)
     rng = np.random.default_rng(1)
@@ -102,18 +106,19 @@ def bench_sampler(root: Path, n_samples: int) -> dict:
         out[f"sampler_samples_per_s_{workers}w"] = round(count / (time.perf_counter() - t0), 1)
 
     # raw decode bound: the same 2 frames x 2 cameras per sample, bytes already in memory
-    arrays = {k: store.data[k] for k in ("agentview", "wrist")}
-    blobs, decoders = [], []
-    for arr in arrays.values():
-        _, decode, path = direct_frame_io(arr)
-        blobs.append([Path(path(i)).read_bytes() for i in range(arr.shape[0])])
-        decoders.append(decode)
+    blobs = {}
+    for key in ("agentview", "wrist"):
+        io = FrameIO(store.data[key], key)
+        _, index = io._shard(0)  # every frame's compressed bytes, copied out of its shard
+        shards = [io._shard(k) for k in range(-(-store.n_steps // io.S))]
+        blobs[key] = [bytes(m[o : o + n]) for m, ix in shards for o, n in ix if o != EMPTY]
+    decode = io.decode
     idx = rng.integers(1, store.n_steps, n_samples)
     t0 = time.perf_counter()
     for i in idx:
-        for blob, decode in zip(blobs, decoders):
+        for frames in blobs.values():
             for j in (i - 1, i):
-                np.frombuffer(decode(blob[j]), np.uint8).reshape(96, 96, 3)
+                np.frombuffer(decode(frames[j]), np.uint8).reshape(96, 96, 3)
     bound = n_samples / (time.perf_counter() - t0)
     out["decode_bound_samples_per_s"] = round(bound, 1)
     out["sampler_vs_decode_bound"] = round(out["sampler_samples_per_s_0w"] / bound, 3)
