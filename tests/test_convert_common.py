@@ -162,3 +162,27 @@ def test_cli_convert(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--from", "handoff", "--to", "lerobot", a, b + "y", "-o", "gop"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dst"), [("lerobot", "lr"), ("robomimic", "r.hdf5"), ("rosbag2", "bag")]
+)
+def test_extra_keys_keep_dtype_and_shape(tmp_path, fmt, dst):
+    """Recorder and robomimic extras (intervention, reward, sim_state) survive every format."""
+    no_cams = spec().with_cameras([], None)
+    store = DemoStore.create(tmp_path / "a.zarr", no_cams)
+    rng = np.random.default_rng(3)
+    for T in (6, 4):
+        ep = {k: v for k, v in make_episode(rng, T).items() if k not in ("agentview", "wrist")}
+        ep |= {
+            "intervention": rng.random(T) > 0.5,
+            "reward": rng.random(T).astype(np.float32),
+            "sim_state": rng.normal(size=(T, 5)).astype(np.float32),
+        }
+        store.append_episode(ep, task="lift", source="teleop", has_gaps=False)
+    convert(tmp_path / "a.zarr", tmp_path / dst, "handoff", fmt, progress=False)
+    convert(tmp_path / dst, tmp_path / "b.zarr", fmt, "handoff", progress=False)
+    out = DemoStore.open(tmp_path / "b.zarr")
+    assert out.keys == store.keys
+    assert_lowdim_equal(store, out, store.keys)
+    assert out.episode_meta(1) == store.episode_meta(1)

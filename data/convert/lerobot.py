@@ -102,6 +102,7 @@ class LeRobotReader:
         )
         self.attrs: dict[str, Any] = dict(extra.get("attrs") or {})
         self.attrs.setdefault("lerobot_robot_type", self.info.get("robot_type"))
+        self.key_shapes: dict[str, list[int]] = extra.get("key_shapes") or {}
         self.tasks = self._load_tasks()
         self.episode_rows = self._load_episodes()
         self._decoders: dict[Path, VideoDecoder] = {}
@@ -159,6 +160,9 @@ class LeRobotReader:
                 start = int(row["dataset_from_index"]) - int(table["index"][0].as_py())
                 table = table.slice(start, int(row["length"]))
             steps = self._columns(table)
+            for key, shape in self.key_shapes.items():
+                if key in steps:
+                    steps[key] = steps[key].reshape(len(table), *shape)
             for key in self.video_keys:
                 steps[_camera(key)] = self._video(row, ep, key, len(table))
             yield Episode(steps, self._meta(row, table))

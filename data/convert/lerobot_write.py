@@ -110,6 +110,7 @@ class LeRobotWriter:
             "extras": extras,
             "cameras": episode.camera_keys,
             "widths": {k: _2d(episode.steps[k]).shape[1] for k in lowdim},
+            "key_shapes": {k: list(episode.steps[k].shape[1:]) for k in lowdim},
             "shapes": {IMAGES + c: list(episode.steps[c].shape[1:]) for c in episode.camera_keys},
         }
 
@@ -297,6 +298,8 @@ class LeRobotWriter:
             HANDOFF_INFO: {
                 "embodiment": self.embodiment.to_dict() if self.embodiment else None,
                 "attrs": self.attrs,
+                # per-step shapes of the source keys: (T,) and (T, 1) both become LeRobot [1]
+                "key_shapes": layout.get("key_shapes", {}),
             },
         }
 

@@ -30,6 +30,8 @@ from data.align import align, common_span, control_grid, split_at_gaps
 from data.convert.base import FORMATS, Episode, Format, Report
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
+    KEYS_FIELD,
+    SPEC_TOPIC,
     TOPIC_OPTIONS,
     BagTopics,
     decode_image,
@@ -75,9 +77,20 @@ class RosbagReader:
     ) -> None:
         from rosbags.highlevel import AnyReader
 
+        self.topics = BagTopics(**topics)
+        try:
+            self.bag = AnyReader([path], default_typestore=typestore())
+            self.bag.open()
+        except Exception as e:  # rosbags raises several reader error types
+            raise UserError(f"{path}: not a rosbag2 directory or file ({e})") from None
+        self.conns = {c.topic: c for c in self.bag.connections}
+        if embodiment is None and SPEC_TOPIC in self.conns:
+            for conn, _, raw in self.bag.messages(connections=[self.conns[SPEC_TOPIC]]):
+                spec_dict = json.loads(self._msg(raw, conn).data)
+                embodiment = Embodiment.from_dict(spec_dict, f"{path} {SPEC_TOPIC}")
+                break
         self.spec = spec = spec_required(embodiment, "reading a rosbag2")
         self.embodiment, self.attrs, self.report, self.path = spec, {}, report, path
-        self.topics = BagTopics(**topics)
         self.task = task
         # recorder defaults (handoff_ros recorder.py): 3 periods max age, half-period offset
         self.max_age = int((max_age_s if max_age_s is not None else 3 * spec.dt) * NS)
@@ -85,12 +98,6 @@ class RosbagReader:
             (action_offset_s if action_offset_s is not None else spec.dt / 2) * NS
         )
         self.gap = int(gap_s * NS)
-        try:
-            self.bag = AnyReader([path], default_typestore=typestore())
-            self.bag.open()
-        except Exception as e:  # rosbags raises several reader error types
-            raise UserError(f"{path}: not a rosbag2 directory or file ({e})") from None
-        self.conns = {c.topic: c for c in self.bag.connections}
         self._pick_topics()
         self._read_lowdim()
         self.segments = self._split()
@@ -128,7 +135,7 @@ class RosbagReader:
         self.extras = {
             topic.removeprefix(EXTRA_PREFIX): topic
             for topic in self.conns
-            if topic.startswith(EXTRA_PREFIX) and topic != t.marker_topic
+            if topic.startswith(EXTRA_PREFIX) and topic not in (t.marker_topic, SPEC_TOPIC)
         }
 
     # ---- pass 1: low-dim messages and image stamps ---------------------------------------
@@ -291,7 +298,7 @@ class RosbagReader:
                 steps[name] = self._frames(name, al.index[name])
             else:
                 for key, values in self.data[name][1].items():
-                    steps[key] = al.take(name, values).astype(np.float32)
+                    steps[key] = al.take(name, values)
         action = al.take("action", self.action[1])
         before = al.index["action"] < 0  # no command yet at these ticks
         action[before, :-1] = np.nan
@@ -304,7 +311,15 @@ class RosbagReader:
             steps["intervention"] = np.where(al.index["engaged"] < 0, False, flags)
         steps["timestamp"] = np.arange(len(ticks)) / self.spec.control_hz
         gaps = {k: v for k, v in al.report().items() if v and k not in ("any", "action")}
-        meta = dict(meta) or {"source": "converted", "start_time": int(ticks[0]) / NS}
+        meta = dict(meta)
+        keys = meta.pop(KEYS_FIELD, {})
+        for key, (dtype, shape) in keys.items():
+            if key in steps:  # back to the source's dtype and per-step shape
+                steps[key] = steps[key].astype(dtype).reshape(len(ticks), *shape)
+        for key, v in steps.items():
+            if v.dtype == np.float64 and key not in keys and key != "timestamp":
+                steps[key] = v.astype(np.float32)  # handoff's low-dim dtype
+        meta = meta or {"source": "converted", "start_time": int(ticks[0]) / NS}
         if self.task and "task" not in meta:
             meta["task"] = self.task
         if gaps:

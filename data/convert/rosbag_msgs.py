@@ -18,6 +18,8 @@ from data.errors import UserError
 
 MARKER_TYPE = "std_msgs/msg/String"  # JSON {"event": "start" | "end", ...episode metadata}
 EXTRA_PREFIX = "/handoff/"  # other per-step keys (reward, sim_state, ...) as Float64MultiArray
+SPEC_TOPIC = "/handoff/embodiment"  # the embodiment spec as JSON, once, so a bag is self-describing
+KEYS_FIELD = "handoff_keys"  # in the start marker: {key: [dtype, shape]} of /handoff/<key>
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ import numpy as np
 from data.convert.base import Episode, Reader, Report, publish, staging_dir
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
+    KEYS_FIELD,
     MARKER_TYPE,
+    SPEC_TOPIC,
     BagTopics,
     float_array,
     image_msg,
@@ -91,11 +93,16 @@ class RosbagWriter:
         start = int(round(float(episode.meta.get("start_time") or 0) * NS))
         base = max(start, self.next_free)
         ticks = base + np.round((np.asarray(rel) - rel[0]) * NS).astype(np.int64)  # (T,)
-        marker = {"event": "start", **episode.meta}
+        extras = sorted(k for k in set(steps) - OWN_KEYS if not _is_camera(steps[k]))
+        # dtype and per-step shape of /handoff/<key> values, which travel as flat float64
+        keys = {k: [steps[k].dtype.str, list(steps[k].shape[1:])] for k in extras}
+        marker = {"event": "start", **episode.meta, KEYS_FIELD: keys}
+        if SPEC_TOPIC not in self.conns:
+            self._write(SPEC_TOPIC, MARKER_TYPE, int(ticks[0]), _string(types, spec.to_dict()))
         self._write(t.marker_topic, MARKER_TYPE, int(ticks[0]), _string(types, marker))
         fingers = t.finger_names if "gripper_pos" in steps else []
         for key in sorted(set(steps) - OWN_KEYS - set(spec.camera_names)):
-            if steps[key].dtype == np.uint8 and steps[key].ndim == 4:
+            if _is_camera(steps[key]):
                 self.report.drop(f"camera {key!r} (not in the spec's cameras)")
         for i, ns in enumerate(ticks.tolist()):
             header = make_header(self.ts, ns)
@@ -155,14 +162,13 @@ class RosbagWriter:
                     ns,
                     types["std_msgs/msg/Bool"](data=bool(steps["intervention"][i])),
                 )
-            for key in sorted(set(steps) - OWN_KEYS - set(spec.camera_names)):
-                if not (steps[key].dtype == np.uint8 and steps[key].ndim == 4):
-                    self._write(
-                        EXTRA_PREFIX + key,
-                        "std_msgs/msg/Float64MultiArray",
-                        ns,
-                        float_array(self.ts, steps[key][i]),
-                    )
+            for key in extras:
+                self._write(
+                    EXTRA_PREFIX + key,
+                    "std_msgs/msg/Float64MultiArray",
+                    ns,
+                    float_array(self.ts, steps[key][i]),
+                )
         end = int(ticks[-1]) + 1
         self._write(t.marker_topic, MARKER_TYPE, end, _string(types, {"event": "end"}))
         self.next_free = end + 2 * self.gap
@@ -177,6 +183,10 @@ class RosbagWriter:
             self.bag.close()
         finally:
             shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def _is_camera(v: np.ndarray) -> bool:
+    return v.dtype == np.uint8 and v.ndim == 4
 
 
 def _string(types: Any, payload: dict[str, Any]) -> Any:
