@@ -59,6 +59,20 @@ def test_handoff_to_lerobot_v3_and_back(tmp_path):
             assert psnr(src.episode(i)[cam], out.episode(i)[cam]) > MIN_PSNR_DB
 
 
+def test_png_images_round_trip_exactly(tmp_path):
+    src = make_store(tmp_path / "a.zarr", lengths=(5, 4))
+    report = convert(
+        tmp_path / "a.zarr", tmp_path / "lr", "handoff", "lerobot", progress=False, images="png"
+    )
+    assert any("PNG" in n for n in report["notes"])
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert info["features"]["observation.images.wrist"]["dtype"] == "image"
+    assert not (tmp_path / "lr/videos").exists()
+    convert(tmp_path / "lr", tmp_path / "b.zarr", "lerobot", "handoff", progress=False)
+    out = DemoStore.open(tmp_path / "b.zarr")
+    assert_lowdim_equal(src, out, src.keys)  # cameras included: PNG is lossless
+
+
 def write_v21(root, lengths=(8, 11), fps=10):
     """A LeRobot v2.1 dataset the way lerobot 0.2/0.3 laid it out (per-episode files)."""
     rng = np.random.default_rng(1)

@@ -35,6 +35,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, help="frame rate for LeRobot output (default: the spec's)")
     s.add_argument("--video-codec", help="LeRobot video encoder (default libx264, H.264)")
     s.add_argument("--crf", type=int, help="video quality, lower is better (default 18)")
+    s.add_argument(
+        "--images", choices=("video", "png"), help="LeRobot cameras: video (default) or png"
+    )
     s.add_argument("--task", help="task name for episodes whose source has none")
     s.add_argument("--gap-s", type=float, help="rosbag2: a pause this long splits episodes (1 s)")
     s.add_argument("--max-age-s", type=float, help="rosbag2: older observations are gaps")
@@ -69,7 +72,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from data.convert import convert
 
     options = parse_options(args.option)
-    for name in ("fps", "video_codec", "crf", "task", "gap_s", "max_age_s", "action_offset_s"):
+    names = ("fps", "video_codec", "crf", "images", "task", "gap_s", "max_age_s")
+    for name in (*names, "action_offset_s"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value

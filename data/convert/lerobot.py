@@ -293,6 +293,6 @@ FORMATS.register("lerobot")(
         description="LeRobotDataset directory (read v2.1/v3.0, write v3.0)",
         open_reader=LeRobotReader,
         open_writer=_open_writer,
-        write_options=("fps", "video_codec", "crf", "task"),
+        write_options=("fps", "video_codec", "crf", "images", "task"),
     )
 )

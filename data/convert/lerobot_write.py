@@ -62,6 +62,7 @@ class LeRobotWriter:
         force: bool = False,
         fps: float | None = None,
         video_codec: str | None = None,
+        images: str = "video",
         crf: int = DEFAULT_CRF,
         task: str | None = None,
     ) -> None:
@@ -70,13 +71,19 @@ class LeRobotWriter:
             raise UserError("writing LeRobot needs a frame rate: pass --fps or --embodiment")
         self.path, self.tmp = path, staging_dir(path)
         self.report, self.embodiment, self.attrs = report, embodiment, dict(reader.attrs)
+        if images not in ("video", "png"):
+            raise UserError(f"images={images!r}: choose video (H.264 MP4) or png (lossless)")
+        self.png = images == "png"
         self.codec, note = pick_codec(video_codec)
-        if note:
+        if self.png:
+            report.note("camera frames stored as PNG images in the Parquet files (lossless)")
+        elif note:
             report.note(note)
-        report.note(
-            f"camera frames are video ({self.codec}, yuv420p, crf {crf}): lossy; H.264 at the "
-            "default crf 18 keeps >= 35 dB PSNR on camera images"
-        )
+        if not self.png:
+            report.note(
+                f"camera frames are video ({self.codec}, yuv420p, crf {crf}): lossy; H.264 at the "
+                "default crf 18 keeps >= 35 dB PSNR on camera images"
+            )
         self.crf, self.default_task = int(crf), task
         self.layout: dict[str, Any] | None = None
         self.tasks: dict[str, int] = {}
@@ -147,7 +154,12 @@ class LeRobotWriter:
         cols["task_index"] = np.full((T, 1), task_index, np.int64)
         if "timestamp" in steps:
             cols[TIMESTAMP_COLUMN] = np.asarray(steps["timestamp"], np.float64)[:, None]
-        table = pa.table({name: _arrow(v) for name, v in cols.items()})
+        columns = {name: _arrow(v) for name, v in cols.items()}
+        if self.png:
+            for cam in self.layout["cameras"]:
+                columns[IMAGES + cam] = _png_column(steps[cam])
+                self._image_stats(IMAGES + cam, steps[cam])
+        table = pa.table(columns)
         if self.data_writer is None:
             self.schema = table.schema
             self.data_writer = pq.ParquetWriter(self._data_file(), table.schema)
@@ -168,7 +180,7 @@ class LeRobotWriter:
             "dataset_from_index": self.n_frames,
             "dataset_to_index": self.n_frames + T,
         }
-        for cam in self.layout["cameras"]:
+        for cam in [] if self.png else self.layout["cameras"]:
             row.update(self._write_video(cam, steps[cam]))
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         row[META_COLUMN] = json.dumps(episode.meta)
@@ -203,14 +215,17 @@ class LeRobotWriter:
             f"videos/{key}/from_timestamp": start / self.fps,
             f"videos/{key}/to_timestamp": enc.n_frames / self.fps,
         }
-        step = max(1, len(frames) // IMAGE_STATS_FRAMES)
-        pixels = frames[::step].reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
-        self.stats.setdefault(key, _Moments(frames.shape[-1])).add(pixels)
+        self._image_stats(key, frames)
         if enc.path.stat().st_size > pos.limit:
             enc.close()
             del self.encoders[key]
             pos.advance()
         return out
+
+    def _image_stats(self, key: str, frames: np.ndarray) -> None:
+        step = max(1, len(frames) // IMAGE_STATS_FRAMES)
+        pixels = frames[::step].reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
+        self.stats.setdefault(key, _Moments(frames.shape[-1])).add(pixels)
 
     # ---- finishing -------------------------------------------------------------------------
 
@@ -256,6 +271,13 @@ class LeRobotWriter:
         for cam in layout["cameras"]:
             key = IMAGES + cam
             H, W, C = layout["shapes"][key]
+            if self.png:
+                features[key] = {
+                    "dtype": "image",
+                    "shape": [H, W, C],
+                    "names": ["height", "width", "channel"],
+                }
+                continue
             features[key] = {
                 "dtype": "video",
                 "shape": [H, W, C],
@@ -336,6 +358,18 @@ def _arrow(v: np.ndarray) -> Any:
         return pa.array(v[:, 0])
     flat = pa.array(np.ascontiguousarray(v).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
+
+
+def _png_column(frames: np.ndarray) -> Any:
+    """(T, H, W, 3) -> LeRobot/HF ``image`` column: structs of PNG bytes (lossless)."""
+    import cv2
+    import pyarrow as pa
+
+    items = []
+    for img in frames:
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))  # cv2 wants BGR
+        items.append({"bytes": png.tobytes(), "path": None})
+    return pa.array(items, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
 
 
 def _write_tasks(path: Path, tasks: dict[str, int]) -> None:
