@@ -73,6 +73,30 @@ def test_png_images_round_trip_exactly(tmp_path):
     assert_lowdim_equal(src, out, src.keys)  # cameras included: PNG is lossless
 
 
+def test_files_rotate_and_read_back(tmp_path, monkeypatch):
+    """Past the size limits every episode starts new data/video files (file-000, file-001…)."""
+    import data.convert.lerobot_write as lw
+
+    monkeypatch.setattr(lw, "DATA_FILE_MB", 0)
+    monkeypatch.setattr(lw, "VIDEO_FILE_MB", 0)
+    src = make_store(tmp_path / "a.zarr")
+    convert(tmp_path / "a.zarr", tmp_path / "lr", "handoff", "lerobot", progress=False)
+    assert len(list((tmp_path / "lr/data/chunk-000").glob("file-*.parquet"))) == 3
+    videos = tmp_path / "lr/videos/observation.images.agentview/chunk-000"
+    assert sorted(p.name for p in videos.iterdir()) == [
+        "file-000.mp4",
+        "file-001.mp4",
+        "file-002.mp4",
+    ]
+    rows = pq.read_table(tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [r["data/file_index"] for r in rows] == [0, 1, 2]
+    assert [r["videos/observation.images.wrist/from_timestamp"] for r in rows] == [0.0] * 3
+    convert(tmp_path / "lr", tmp_path / "b.zarr", "lerobot", "handoff", progress=False)
+    out = DemoStore.open(tmp_path / "b.zarr")
+    assert_lowdim_equal(src, out, src.lowdim_keys)
+    assert psnr(src.episode(2)["wrist"], out.episode(2)["wrist"]) > MIN_PSNR_DB
+
+
 def write_v21(root, lengths=(8, 11), fps=10):
     """A LeRobot v2.1 dataset the way lerobot 0.2/0.3 laid it out (per-episode files)."""
     rng = np.random.default_rng(1)
