@@ -4,7 +4,28 @@
     report = convert("demos.hdf5", "demos.zarr", "robomimic", "handoff")
 
 Formats are found by name in :data:`FORMATS` (``data.registry.Registry``); each module in this
-package registers one. Conversion streams one episode at a time (see data/convert/base.py).
+package registers one. Conversion streams one episode at a time (see data/convert/base.py):
+a handoff output is appended episode by episode (an interrupted run leaves a valid store of
+the finished ones); other outputs are built in ``.DST.partial`` and renamed when complete.
+
+What a round trip handoff -> X -> handoff keeps (the report's ``not_carried`` / ``notes``
+say it per run):
+
+=========  ======================  ==============================  ======================
+format     low-dim, action         cameras                         metadata
+=========  ======================  ==============================  ======================
+lerobot    bit-exact               H.264 >= 35 dB PSNR (crf 18),   episode meta, spec,
+                                   or exact with ``images=png``    store attrs
+robomimic  bit-exact (timestamps   exact (uint8 datasets)          episode meta, spec,
+           regenerated at the                                      env_args; not store
+           control rate)                                           attrs
+rosbag2    bit-exact               exact (rgb8 Image)              episode meta, spec;
+                                                                   not store attrs
+=========  ======================  ==============================  ======================
+
+Importing from a foreign source: robomimic float64 arrays become float32 (handoff's low-dim
+dtype) and ``model_file`` XML is not kept; LeRobot string columns are dropped; a rosbag is
+resampled at the control rate with data/align.py (the recorder's rule).
 """
 
 from __future__ import annotations
