@@ -52,6 +52,7 @@ def test_handoff_to_lerobot_v3_and_back(tmp_path):
     convert(tmp_path / "lr", tmp_path / "b.zarr", "lerobot", "handoff", progress=False)
     out = DemoStore.open(tmp_path / "b.zarr")
     assert out.keys == src.keys and out.embodiment == src.embodiment
+    assert out.attrs == src.attrs
     assert_lowdim_equal(src, out, src.lowdim_keys)  # bit-exact, timestamps included
     assert [out.episode_meta(i) for i in range(3)] == [src.episode_meta(i) for i in range(3)]
     for i in range(3):

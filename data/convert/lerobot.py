@@ -101,7 +101,8 @@ class LeRobotReader:
             Embodiment.from_dict(spec, f"{info_path} handoff.embodiment") if spec else None
         )
         self.attrs: dict[str, Any] = dict(extra.get("attrs") or {})
-        self.attrs.setdefault("lerobot_robot_type", self.info.get("robot_type"))
+        if not extra:  # a dataset from elsewhere: keep its robot type
+            self.attrs["lerobot_robot_type"] = self.info.get("robot_type")
         self.key_shapes: dict[str, list[int]] = extra.get("key_shapes") or {}
         self.tasks = self._load_tasks()
         self.episode_rows = self._load_episodes()

@@ -185,6 +185,9 @@ class RobomimicWriter:
         self.file = h5py.File(self.tmp, "w")
         self.data = self.file.create_group("data")
         self.env_args = reader.attrs.get(ENV_ARGS_ATTR)
+        others = sorted(set(reader.attrs) - {ENV_ARGS_ATTR})
+        if others:
+            report.drop(f"store attrs {others} (robomimic keeps only env_args)")
         self.embodiment = embodiment
         self.filters: dict[str, list[str]] = {}
         self.total = 0
