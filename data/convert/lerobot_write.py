@@ -138,22 +138,7 @@ class LeRobotWriter:
         steps, T = episode.steps, len(episode)
         ep = len(self.rows)
         task = episode.meta.get("task") or self.default_task or ""
-        task_index = self.tasks.setdefault(task, len(self.tasks))
-        cols: dict[str, np.ndarray] = {}
-        for group, keys in self.layout["groups"].items():
-            cols[group] = np.concatenate([_2d(steps[k]) for k in keys], axis=1).astype(np.float32)
-        cols["action"] = _2d(steps["action"]).astype(np.float32)
-        for key, column in self.layout["extras"].items():
-            v = steps[key]
-            cols[column] = _2d(v)
-        frame_index = np.arange(T, dtype=np.int64)
-        cols["timestamp"] = (frame_index / self.fps).astype(np.float32)[:, None]
-        cols["frame_index"] = frame_index[:, None]
-        cols["episode_index"] = np.full((T, 1), ep, np.int64)
-        cols["index"] = (self.n_frames + frame_index)[:, None]
-        cols["task_index"] = np.full((T, 1), task_index, np.int64)
-        if "timestamp" in steps:
-            cols[TIMESTAMP_COLUMN] = np.asarray(steps["timestamp"], np.float64)[:, None]
+        cols = self._frame_columns(steps, ep, self.tasks.setdefault(task, len(self.tasks)))
         columns = {name: _arrow(v) for name, v in cols.items()}
         if self.png:
             for cam in self.layout["cameras"]:
@@ -190,6 +175,28 @@ class LeRobotWriter:
             self.data_writer.close()
             self.data_writer = None
             self.data_pos.advance()
+
+    def _frame_columns(
+        self, steps: dict[str, np.ndarray], ep: int, task_index: int
+    ) -> dict[str, np.ndarray]:
+        """LeRobot frame columns of one episode, each (T, D)."""
+        T = len(steps["action"])
+        cols: dict[str, np.ndarray] = {}
+        for group, keys in self.layout["groups"].items():
+            cols[group] = np.concatenate([_2d(steps[k]) for k in keys], axis=1).astype(np.float32)
+        cols["action"] = _2d(steps["action"]).astype(np.float32)
+        for key, column in self.layout["extras"].items():
+            cols[column] = _2d(steps[key])
+        frame_index = np.arange(T, dtype=np.int64)
+        # LeRobot requires timestamp = frame_index / fps (it seeks video frames by it)
+        cols["timestamp"] = (frame_index / self.fps).astype(np.float32)[:, None]
+        cols["frame_index"] = frame_index[:, None]
+        cols["episode_index"] = np.full((T, 1), ep, np.int64)
+        cols["index"] = (self.n_frames + frame_index)[:, None]
+        cols["task_index"] = np.full((T, 1), task_index, np.int64)
+        if "timestamp" in steps:
+            cols[TIMESTAMP_COLUMN] = np.asarray(steps["timestamp"], np.float64)[:, None]
+        return cols
 
     def _data_file(self) -> Path:
         p = self.tmp / DATA_PATH.format(
