@@ -39,6 +39,7 @@ FINGER_OPEN = np.array([0.04, -0.04])  # ctrlrange ends of robosuite's panda_gri
 # Joint-impedance gains of Franka's own joint_impedance example controller (Nm/rad, Nms/rad);
 # stiff enough that the arm settles on a target within ~0.1 s (tests/test_sim.py checks it).
 KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
+SCENE_SEED = 0
 SETTLE_STEPS = 5  # control steps (0.25 s at 20 Hz): a 6 cm drop takes ~0.11 s
 KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
 
@@ -342,6 +343,10 @@ def _make_env(task: TaskDef, spec: Embodiment) -> object:
         horizon=10**9,
         ignore_done=True,
         reward_shaping=False,
+        # robosuite draws some model properties (e.g. Lift's cube size) from its rng when it
+        # builds the scene: a fixed seed makes every process build the same scene, so an
+        # episode seed reproduces the episode anywhere; reset() reseeds per episode
+        seed=SCENE_SEED,
         **task.env_kwargs,
     )
     # robosuite's observables would be recomputed every physics step; SimArm reads state itself
