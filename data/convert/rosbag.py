@@ -20,7 +20,7 @@ episode, only for the frames the steps use.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,74 +141,86 @@ class RosbagReader:
     # ---- pass 1: low-dim messages and image stamps ---------------------------------------
 
     def _read_lowdim(self) -> None:
-        t, spec = self.topics, self.spec
-        joints, fingers = list(spec.joint_names), t.finger_names
-        want_fingers = "gripper_pos" in spec.observation
+        t = self.topics
         self.streams: dict[str, _Stream] = {"joint_states": _Stream()}
         for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
             self.streams[name] = _Stream()
         for key in self.extras:
             self.streams[EXTRA_PREFIX + key] = _Stream()
-        commands: list[tuple[int, str, np.ndarray]] = []
-        cam_topics = {c.topic: cam for cam, c in self.camera_conns.items()}
         self.camera_log: dict[str, list[int]] = {cam: [] for cam in self.camera_conns}
-        for conn, log_ns, raw in self.bag.messages(connections=list(self.conns.values())):
-            topic = conn.topic
-            if topic in cam_topics:
-                cam = cam_topics[topic]
+        self._events: list[tuple[int, str, np.ndarray]] = []  # (log ns, part, command values)
+        handlers: dict[str, Callable[[Any, int, str], None]] = {
+            t.joint_states_topic: self._on_joint_states,
+            t.trajectory_topic: self._on_trajectory,
+            t.forward_topic: self._on_forward,
+            t.gripper_topic: lambda msg, ns, topic: self._events.append(
+                (ns, "gripper", np.asarray(msg.data[:1], np.float64))
+            ),
+            t.engaged_topic: lambda msg, ns, topic: self.streams["engaged"].add(
+                ns, intervention=np.array(bool(msg.data))
+            ),
+            t.marker_topic: lambda msg, ns, topic: self.streams["marker"].add(
+                ns, event=np.array(msg.data)
+            ),
+        }
+        if self.eef:
+            handlers[t.eef_pose_topic] = self._on_eef_pose
+        if self.objects:  # Float64MultiArray has no header: stamped when logged
+            handlers[t.object_state_topic] = lambda msg, ns, topic: self.streams[
+                "object_state"
+            ].add(ns, object_state=np.asarray(msg.data, np.float32))
+        for key, topic in self.extras.items():
+            handlers[topic] = lambda msg, ns, topic, key=key: self.streams[topic].add(
+                ns, **{key: np.asarray(msg.data, np.float64)}
+            )
+        cam_topics = {c.topic: cam for cam, c in self.camera_conns.items()}
+        wanted = [c for c in self.conns.values() if c.topic in handlers or c.topic in cam_topics]
+        for conn, log_ns, raw in self.bag.messages(connections=wanted):
+            cam = cam_topics.get(conn.topic)
+            if cam is not None:  # images: only the stamp now, pixels per episode later
                 ns = header_stamp_ns(raw)
                 self.streams[cam].add(ns if ns > 0 else log_ns)
                 self.camera_log[cam].append(log_ns)
-                continue
-            if topic == t.joint_states_topic:
-                msg = self._msg(raw, conn)
-                ns = stamp_ns(msg, log_ns)
-                values = {
-                    "joint_pos": _by_name(msg.name, msg.position, joints, topic),
-                    "joint_vel": _by_name(msg.name, msg.velocity, joints, topic, optional=True),
-                }
-                if want_fingers:
-                    values["gripper_pos"] = _by_name(msg.name, msg.position, fingers, topic)
-                self.streams["joint_states"].add(ns, **values)
-            elif topic == t.eef_pose_topic and self.eef:
-                msg = self._msg(raw, conn)
-                p, o = msg.pose.position, msg.pose.orientation
-                self.streams["eef_pose"].add(
-                    stamp_ns(msg, log_ns),
-                    eef_pos=np.array([p.x, p.y, p.z], np.float32),
-                    eef_quat=np.array([o.x, o.y, o.z, o.w], np.float32),
-                )
-            elif topic == t.object_state_topic and self.objects:
-                data = np.asarray(self._msg(raw, conn).data, np.float32)
-                self.streams["object_state"].add(log_ns, object_state=data)  # no header
-            elif topic == t.trajectory_topic:
-                msg = self._msg(raw, conn)
-                if msg.points:  # the goal the controller is sent toward
-                    goal = _by_name(msg.joint_names, msg.points[-1].positions, joints, topic)
-                    commands.append((log_ns, "arm", goal))
-            elif topic == t.forward_topic:
-                data = np.asarray(self._msg(raw, conn).data, np.float64)
-                if len(data) not in (spec.n_joints, spec.action_dim):
-                    raise UserError(
-                        f"{self.path}: {topic} carries {len(data)} values; expected "
-                        f"{spec.n_joints} joints (or {spec.action_dim} with the gripper)"
-                    )
-                commands.append((log_ns, "arm" if len(data) == spec.n_joints else "all", data))
-            elif topic == t.gripper_topic:
-                commands.append((log_ns, "gripper", np.asarray(self._msg(raw, conn).data[:1])))
-            elif topic == t.engaged_topic:
-                flag = np.array(bool(self._msg(raw, conn).data))
-                self.streams["engaged"].add(log_ns, intervention=flag)
-            elif topic == t.marker_topic:
-                self.streams["marker"].add(log_ns, event=np.array(self._msg(raw, conn).data))
-            elif topic.startswith(EXTRA_PREFIX) and topic.removeprefix(EXTRA_PREFIX) in self.extras:
-                key = topic.removeprefix(EXTRA_PREFIX)
-                data = np.asarray(self._msg(raw, conn).data, np.float64)
-                self.streams[topic].add(log_ns, **{key: data})
+            else:
+                handlers[conn.topic](self._msg(raw, conn), log_ns, conn.topic)
         if not self.streams["joint_states"].stamps:
             raise UserError(f"{self.path}: {t.joint_states_topic} has no messages")
-        self.action = self._commands(commands)
+        self.action = self._commands(self._events)
         self.data = {name: s.arrays() for name, s in self.streams.items() if s.stamps}
+
+    def _on_joint_states(self, msg: Any, log_ns: int, topic: str) -> None:
+        joints = list(self.spec.joint_names)
+        values = {
+            "joint_pos": _by_name(msg.name, msg.position, joints, topic),
+            "joint_vel": _by_name(msg.name, msg.velocity, joints, topic, optional=True),
+        }
+        if "gripper_pos" in self.spec.observation:
+            values["gripper_pos"] = _by_name(
+                msg.name, msg.position, self.topics.finger_names, topic
+            )
+        self.streams["joint_states"].add(stamp_ns(msg, log_ns), **values)
+
+    def _on_eef_pose(self, msg: Any, log_ns: int, topic: str) -> None:
+        p, o = msg.pose.position, msg.pose.orientation
+        self.streams["eef_pose"].add(
+            stamp_ns(msg, log_ns),
+            eef_pos=np.array([p.x, p.y, p.z], np.float32),
+            eef_quat=np.array([o.x, o.y, o.z, o.w], np.float32),
+        )
+
+    def _on_trajectory(self, msg: Any, log_ns: int, topic: str) -> None:
+        if msg.points:  # the goal the controller is sent toward
+            goal = _by_name(msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic)
+            self._events.append((log_ns, "arm", goal))
+
+    def _on_forward(self, msg: Any, log_ns: int, topic: str) -> None:
+        spec, data = self.spec, np.asarray(msg.data, np.float64)
+        if len(data) not in (spec.n_joints, spec.action_dim):
+            raise UserError(
+                f"{self.path}: {topic} carries {len(data)} values; expected "
+                f"{spec.n_joints} joints (or {spec.action_dim} with the gripper)"
+            )
+        self._events.append((log_ns, "arm" if len(data) == spec.n_joints else "all", data))
 
     def _msg(self, raw: Any, conn: Any) -> Any:
         return self.bag.deserialize(raw, conn.msgtype)
