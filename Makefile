@@ -1,11 +1,18 @@
 # handoff — the commands a user runs. `make setup` is idempotent: a second run takes seconds.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+# pip's notes about unreadable local index entries are noise; its errors still fail the build
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.handoff-setup
 ROS_PKG := ros2_ws/src/handoff_ros
 APT_PACKAGES := libosmesa6 libgl1 libglib2.0-0
+TORCH_VERSION := 2.13.0
+# Where torch comes from. Empty: pip's configured indexes (PyPI's Linux wheel is the CUDA
+# build). On a CPU-only laptop: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 # DDS stays on this machine: every ROS process started from here sees only loopback peers.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export MUJOCO_GL ?= osmesa
@@ -28,12 +35,12 @@ $(STAMP): pyproject.toml Makefile $(ROS_PKG)/setup.py
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned, so nothing pulls a multi-GB CUDA build onto a CPU machine
-	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import torch' || (echo "torch==2.13.0 failed to install"; exit 1)
-	$(PY) -m pip install -q -e '.[ros,interop,dev]' -e $(ROS_PKG) 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) 2>&1 | $(QUIET_PIP)
+	@$(PY) -c 'import torch' 2>/dev/null || (echo "torch==$(TORCH_VERSION) failed to install"; exit 1)
+	$(PY) -m pip install -q -e '.[ros,interop,dev]' -e $(ROS_PKG) 2>&1 | $(QUIET_PIP)
 	@$(PY) -m pip check
-	@$(PY) -c 'import data, rclpy, robosuite, handoff_ros' 2>&1 | grep -v 'robosuite WARNING' || true
+	@$(PY) -c 'import data, policies, sim, rclpy, robosuite, handoff_ros' 2>&1 | { grep -v 'robosuite WARNING' || true; }
 	@touch $(STAMP)
 	@echo "setup done: $(VENV)"
 
