@@ -47,6 +47,8 @@ def param_args(params: dict[str, Any]) -> list[str]:
     for k, v in params.items():
         if isinstance(v, bool):
             v = "true" if v else "false"
+        elif v == "":
+            v = '""'  # rcl's parser needs a YAML empty string, not nothing
         out += ["-p", f"{k}:={v}"]
     return out
 

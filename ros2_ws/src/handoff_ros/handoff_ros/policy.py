@@ -1,0 +1,316 @@
+"""policy node: a checkpoint driving an arm through the safety filter.
+
+Each control tick (a timer at ``control_hz``): snapshot the newest observation, hand it to the
+inference thread, wait at most ``inference_budget`` of the period for the action, pass it (or,
+when inference overran, a hold) through :class:`handoff_ros.safety.SafetyFilter`, publish it.
+The timer never waits longer than the budget, so a slow chunk prediction shows up as held
+ticks (counted on /diagnostics), not as a stalled control loop. Chunk execution -- action
+queue or temporal ensembling -- is the policy's own ``select_action``.
+
+Before the first command the node checks the checkpoint against the live arm: every joint it
+was trained on must be in ``/joint_states``, every camera it consumes must publish frames of
+its aspect ratio, and a policy using privileged sim state refuses to run with ``robot:=real``.
+
+Topics: commands on the controller topic (``forward``: Float64MultiArray, or
+``joint_trajectory``: one point at ``time_from_start`` = one period) plus the gripper command;
+``~/inference_ms`` (Float64) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
+``/estop`` (Bool, True latches a hold), ``~/enable`` (SetBool), ``~/clear_estop`` and
+``~/reset`` (Trigger: new episode, clears the policy's history).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+from std_msgs.msg import Bool, Float64, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from data.errors import UserError
+from handoff_ros.commands import forward_msg, trajectory_msg
+from handoff_ros.observations import LiveObservation
+from handoff_ros.rosutil import (
+    ERROR,
+    OK,
+    WARN,
+    Diagnostics,
+    declare_params,
+    now_sec,
+    param,
+    run_node,
+)
+from handoff_ros.safety import SafetyConfig, SafetyFilter
+
+CONTROLLERS = ("forward", "joint_trajectory")
+
+
+@dataclass
+class PolicyParams:
+    checkpoint: str = param("", "checkpoint directory or run directory (its best/ or last/)")
+    robot: str = param("real", "sim or real: sim starts enabled and may use privileged state")
+    controller: str = param("forward", "forward (Float64MultiArray) or joint_trajectory")
+    control_hz: float = param(0.0, "command rate, Hz; 0: the checkpoint spec's control_hz")
+    inference_budget: float = param(
+        0.6, "fraction of a period the control tick waits for inference before holding"
+    )
+    device: str = param("cpu", "torch device for inference (cpu, cuda)")
+    torch_threads: int = param(1, "torch intra-op threads; 1 keeps a core free for DDS")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
+    gripper_joints: str = param(
+        "gripper0_right_finger_joint1,gripper0_right_finger_joint2",
+        "finger joints in joint_states that form gripper_pos (when the policy uses it)",
+    )
+    camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
+    eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
+    object_state_topic: str = param("/sim_arm/object_state", "privileged object state (sim)")
+    trajectory_topic: str = param(
+        "/arm_controller/joint_trajectory", "joint_trajectory_controller input topic"
+    )
+    forward_topic: str = param(
+        "/forward_position_controller/commands", "forward_command_controller input topic"
+    )
+    gripper_topic: str = param("/gripper_controller/commands", "gripper command topic")
+    estop_topic: str = param("/estop", "std_msgs/Bool; True latches a hold until ~/clear_estop")
+    max_step_delta: float = param(0.05, "safety: max joint target change per tick, rad")
+    velocity_scale: float = param(0.5, "safety: fraction of the spec's velocity limits")
+    limit_margin: float = param(0.0, "safety: shrink the spec's position limits by this, rad")
+    stale_after_s: float = param(0.25, "safety: hold when joint_states are older than this, s")
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("checkpoint is required: -p checkpoint:=runs/NAME")
+        if self.robot not in ("sim", "real"):
+            raise ValueError(f"robot {self.robot!r}: use sim or real")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(f"controller {self.controller!r}: use one of {CONTROLLERS}")
+        if self.control_hz < 0:
+            raise ValueError("control_hz must be >= 0 (0 = the checkpoint's rate)")
+        if not 0 < self.inference_budget < 1:
+            raise ValueError("inference_budget must be in (0, 1): a fraction of the period")
+        SafetyConfig(**self.safety_kwargs())  # validate the safety values here, with names
+
+    def safety_kwargs(self) -> dict[str, Any]:
+        return {
+            "require_enable": self.robot == "real",
+            "max_step_delta": self.max_step_delta,
+            "velocity_scale": self.velocity_scale,
+            "limit_margin": self.limit_margin,
+            "stale_after_s": self.stale_after_s,
+        }
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        p = self.p = declare_params(self, PolicyParams)
+        import torch
+
+        from policies import load
+
+        if p.torch_threads > 0:
+            torch.set_num_threads(p.torch_threads)
+        self.policy = load(p.checkpoint, device=p.device)
+        spec = self.spec = self.policy.embodiment
+        privileged = sorted(set(self.policy.input_keys) & set(spec.privileged))
+        if privileged and p.robot == "real":
+            raise UserError(
+                f"checkpoint {p.checkpoint} uses privileged sim state {privileged}; "
+                f"it cannot run on a real arm (train without them)"
+            )
+        self.dt = 1.0 / (p.control_hz or spec.control_hz)
+        self.safety = SafetyFilter(spec, SafetyConfig(**p.safety_kwargs()))
+        self.diag = Diagnostics(self, self.report)
+        self.obs = LiveObservation(
+            self,
+            spec,
+            self.policy.input_keys,
+            self.diag.problem,
+            joint_states_topic=p.joint_states_topic,
+            gripper_joints=[n for n in p.gripper_joints.split(",") if n],
+            camera_topic=p.camera_topic,
+            eef_pose_topic=p.eef_pose_topic,
+            object_state_topic=p.object_state_topic,
+        )
+        self._spy_on_chunks()
+        if p.controller == "forward":
+            self.pub_arm = self.create_publisher(Float64MultiArray, p.forward_topic, 10)
+        else:
+            self.pub_arm = self.create_publisher(JointTrajectory, p.trajectory_topic, 10)
+        self.pub_grip = self.create_publisher(Float64MultiArray, p.gripper_topic, 10)
+        self.pub_latency = self.create_publisher(Float64, "~/inference_ms", 10)
+        self.pub_chunk = self.create_publisher(JointTrajectory, "~/predicted_chunk", 10)
+        self.create_subscription(Bool, p.estop_topic, self.on_estop, 10)
+        self.create_service(SetBool, "~/enable", self.srv_enable)
+        self.create_service(Trigger, "~/clear_estop", self.srv_clear_estop)
+        self.create_service(Trigger, "~/reset", self.srv_reset)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.pending: Future | None = None
+        self.mismatch = ""
+        self.ticks = self.sent = self.overruns = 0
+        self.inference_ms: list[float] = []
+        self.timer = self.create_timer(self.dt, self.tick)
+        self.get_logger().info(
+            f"{type(self.policy).__name__} for {spec.name} consumes {self.policy.input_keys}; "
+            f"{p.controller} at {1 / self.dt:g} Hz, "
+            f"{'enabled (sim)' if self.safety.enabled else 'disabled until ~/enable'}"
+        )
+
+    # ---- checks ----------------------------------------------------------------------------
+
+    def _spy_on_chunks(self) -> None:
+        """Publish each chunk the policy predicts (for plotting), without changing it."""
+        for name in ("predict_full_chunk", "predict_action_chunk"):
+            original = getattr(self.policy, name, None)
+            if original is None:
+                continue
+
+            def spy(obs: Any, _original: Any = original) -> Any:
+                chunk = _original(obs)  # (B, T, Da)
+                self._publish_chunk(chunk[0].detach().float().cpu().numpy())
+                return chunk
+
+            setattr(self.policy, name, spy)
+            return
+
+    def _publish_chunk(self, chunk: np.ndarray) -> None:
+        msg = trajectory_msg(self.spec.joint_names, chunk[:, :-1], self.dt)
+        self.pub_chunk.publish(msg)
+
+    def check_live_arm(self) -> str:
+        """Empty when the live topics match the checkpoint; else what is wrong."""
+        seen = self.obs.joint_names_seen
+        if seen:
+            missing = [n for n in self.spec.joint_names if n not in seen]
+            if missing:
+                return (
+                    f"checkpoint {self.spec.name} was trained on joints {missing} that "
+                    f"/joint_states does not publish (it has {seen})"
+                )
+        return ""
+
+    # ---- the control tick ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.ticks += 1
+        now = now_sec(self)
+        q, stamp = self.obs.joints()
+        if q is not None:
+            self.safety.observe(q, stamp)
+        self.mismatch = self.check_live_arm()
+        if self.mismatch:
+            return  # never command an arm the checkpoint was not trained for
+        action = self._infer(now)
+        if action is None:
+            action = self.safety.hold_target()
+            if action is None:
+                return
+        result = self.safety.filter(action, now)
+        if result.command is None:
+            return
+        self._publish(result.command)
+
+    def _infer(self, now: float) -> np.ndarray | None:
+        """The action for this tick, or None (inference overran or observation incomplete)."""
+        if self.pending is not None and not self.pending.done():
+            self.overruns += 1
+            return None
+        if self.pending is not None:  # a late result from the previous tick
+            action, self.pending = self.pending.result(), None
+            return action
+        if not self.safety.enabled or self.safety.estopped:
+            return None  # no inference while commands cannot go out
+        obs, _ = self.obs.snapshot()
+        if obs is None:
+            return None
+        self.pending = self.pool.submit(self._select, obs)
+        try:
+            action = self.pending.result(timeout=self.p.inference_budget * self.dt)
+        except TimeoutError:
+            self.overruns += 1
+            return None
+        self.pending = None
+        return action
+
+    def _select(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        t0 = time.perf_counter()
+        action = self.policy.select_action(obs)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.inference_ms.append(ms)
+        del self.inference_ms[:-1000]
+        self.pub_latency.publish(Float64(data=ms))
+        return action
+
+    def _publish(self, command: np.ndarray) -> None:
+        if self.p.controller == "forward":
+            self.pub_arm.publish(forward_msg(command[:-1]))
+        else:
+            self.pub_arm.publish(trajectory_msg(self.spec.joint_names, command[None, :-1], self.dt))
+        self.pub_grip.publish(forward_msg(command[-1:]))
+        self.sent += 1
+
+    # ---- operator interface ----------------------------------------------------------------
+
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            self.safety.estop(f"{self.p.estop_topic} pressed")
+
+    def srv_enable(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        was = self.safety.enabled
+        res.success, res.message = self.safety.set_enabled(req.data)
+        if res.success and req.data and not was:
+            self.policy.reset()  # a fresh start: no history from before the pause
+        return res
+
+    def srv_clear_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.safety.clear_estop()
+        res.success = True
+        res.message = "e-stop cleared" + (
+            "; call ~/enable to resume" if self.safety.config.require_enable else ""
+        )
+        return res
+
+    def srv_reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+        self.policy.reset()
+        res.success, res.message = True, "policy history cleared"
+        return res
+
+    def report(self) -> tuple[int, str, dict]:
+        ms = np.asarray(self.inference_ms or [0.0])
+        values = {
+            "hardware_id": self.p.checkpoint,
+            "ticks": self.ticks,
+            "commands_sent": self.sent,
+            "inference_overruns": self.overruns,
+            "inference_ms_p50": round(float(np.percentile(ms, 50)), 2),
+            "inference_ms_p99": round(float(np.percentile(ms, 99)), 2),
+            "waiting_for": ",".join(self.obs.missing()),
+            **self.safety.status(),
+        }
+        if self.mismatch:
+            return ERROR, self.mismatch, values
+        if self.safety.estopped:
+            return ERROR, f"e-stop latched: {self.safety.estop_reason}", values
+        if not self.safety.enabled:
+            return WARN, "disabled: call ~/enable", values
+        if self.obs.missing():
+            return WARN, f"waiting for {self.obs.missing()}", values
+        return OK, "running", values
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    main()

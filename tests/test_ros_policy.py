@@ -1,0 +1,160 @@
+"""sim_arm + policy over real DDS, with a checkpoint trained in the test for a few steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from data.embodiment import load_embodiment  # noqa: E402
+from data.store import DemoStore  # noqa: E402
+from handoff_ros.rosutil import level_value  # noqa: E402
+from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+FORWARD = "/forward_position_controller/commands"
+TRAJECTORY = "/arm_controller/joint_trajectory"
+# the sim Panda's initial pose in the lift scene (robosuite's init_qpos), rad
+HOME = np.array([0.0, 0.19, 0.01, -2.6, -0.01, 2.95, 0.81], np.float32)
+OFFSET = 0.3  # the demonstrations command joint 1 this far from where it is
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny ACT trained for 10 steps on demonstrations that push joint 1 by +0.3 rad."""
+    from policies.train import main
+
+    root = tmp_path_factory.mktemp("ckpt")
+    spec = load_embodiment("sim_panda").with_cameras([], None)
+    store = DemoStore.create(root / "demo.zarr", spec)
+    rng = np.random.default_rng(0)
+    for e in range(3):
+        q = HOME + rng.normal(0, 0.02, (30, 7)).astype(np.float32)
+        action = np.concatenate([q, np.ones((30, 1), np.float32)], 1)
+        action[:, 0] += OFFSET
+        store.append_episode(
+            {"joint_pos": q, "joint_vel": np.zeros_like(q), "action": action},
+            task="lift",
+            source="scripted",
+            success=True,
+            seed=e,
+        )
+    argv = ["--policy", "act", "--data", str(root / "demo.zarr"), "--out", str(root / "run")]
+    argv += ["--steps", "10", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    tiny = [
+        "policy.dim_model=32",
+        "policy.n_heads=2",
+        "policy.dim_feedforward=64",
+        "policy.n_encoder_layers=1",
+        "policy.n_vae_encoder_layers=1",
+        "policy.horizon=8",
+        "policy.latent_dim=4",
+        "train.save_every=10",
+        "train.warmup_steps=2",
+    ]
+    for s in tiny:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    dom = fresh_domain_id()
+    logs = tmp_path_factory.mktemp("logs")
+    arm = NodeProcess("sim_arm", dom, {"cameras": ""}, logs)
+    probe = Probe(dom)
+    probe.subscribe(JointState, "/joint_states")
+    try:
+        assert probe.spin_until(lambda: len(probe.msgs["/joint_states"]) > 5, 60), arm.log()
+        yield dom, arm, probe, logs
+    finally:
+        probe.close()
+        arm.stop()
+
+
+def stamps(msgs) -> np.ndarray:
+    return np.array([t for t, _ in msgs])
+
+
+def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, checkpoint):
+    dom, arm, probe, logs = sim
+    probe.subscribe(Float64MultiArray, FORWARD)
+    probe.subscribe(Float64, "/policy/inference_ms")
+    probe.subscribe(JointTrajectory, "/policy/predicted_chunk")
+    q_start = np.array(probe.msgs["/joint_states"][-1][1].position[:7])
+    params = {"checkpoint": str(checkpoint), "robot": "sim", "controller": "forward"}
+    policy = NodeProcess("policy", dom, params, logs)
+    with nodes(policy):
+        assert probe.spin_until(lambda: len(probe.msgs[FORWARD]) >= 60, 90), policy.log()
+        cmds = probe.msgs[FORWARD][-60:]
+        period = np.diff(stamps(cmds))
+        assert abs(np.median(period) - 0.05) < 0.01, period  # 20 Hz, the spec's control rate
+        assert all(len(m.data) == 7 for _, m in cmds)
+        q_now = np.array(probe.msgs["/joint_states"][-1][1].position[:7])
+        assert q_now[0] - q_start[0] > 0.1, (q_start, q_now)  # toward the demonstrated +0.3
+        assert np.all(np.abs(q_now[1:] - q_start[1:]) < 0.1)
+        assert probe.msgs["/policy/inference_ms"] and probe.msgs["/policy/predicted_chunk"]
+        chunk = probe.msgs["/policy/predicted_chunk"][-1][1]
+        assert len(chunk.points) == 8 and len(chunk.joint_names) == 7  # Tp = horizon 8
+        assert policy.alive()
+
+
+def test_real_arm_policy_waits_for_enable_and_latches_the_estop(sim, checkpoint):
+    dom, arm, probe, logs = sim
+    probe.subscribe(JointTrajectory, TRAJECTORY)
+    probe.subscribe(DiagnosticArray, "/diagnostics")
+    params = {"checkpoint": str(checkpoint), "robot": "real", "controller": "joint_trajectory"}
+    policy = NodeProcess("policy", dom, params, logs)
+    estop = probe.node.create_publisher(Bool, "/estop", 10)
+    with nodes(policy):
+        ready = probe.spin_until(lambda: bool(probe.diagnostic_values("/policy")), 90)
+        assert ready, policy.log()
+        probe.spin_for(1.0)
+        assert not probe.msgs[TRAJECTORY]  # the enable gate: nothing until a person enables
+        assert probe.call(SetBool, "/policy/enable", SetBool.Request(data=True)).success
+        assert probe.spin_until(lambda: len(probe.msgs[TRAJECTORY]) >= 20, 30), policy.log()
+        msg = probe.msgs[TRAJECTORY][-1][1]
+        assert len(msg.points) == 1 and msg.points[0].time_from_start.nanosec == 50_000_000
+        estop.publish(Bool(data=True))
+        probe.spin_for(0.5)
+        n = len(probe.msgs[TRAJECTORY])
+        probe.spin_for(1.0)
+        held = [m.points[0].positions for _, m in probe.msgs[TRAJECTORY][n:]]
+        assert len(held) >= 10 and all(h == held[0] for h in held)  # a latched hold
+        refused = probe.call(SetBool, "/policy/enable", SetBool.Request(data=True))
+        assert not refused.success and "latched" in refused.message
+        statuses = [s for _, a in probe.msgs["/diagnostics"] for s in a.status]
+        last = [s for s in statuses if s.name == "/policy"][-1]
+        assert level_value(last.level) == 2 and "e-stop" in last.message
+
+
+def test_policy_refuses_an_arm_with_other_joints(checkpoint, tmp_path):
+    dom = fresh_domain_id()
+    params = {"checkpoint": str(checkpoint), "robot": "sim"}
+    policy = NodeProcess("policy", dom, params, tmp_path)
+    with nodes(policy), Probe(dom) as probe:
+        probe.subscribe(Float64MultiArray, FORWARD)
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        pub = probe.node.create_publisher(JointState, "/joint_states", 10)
+        names = [f"ur_joint{i}" for i in range(6)]
+
+        def other_arm() -> bool:
+            js = JointState(name=names, position=[0.0] * 6)
+            js.header.stamp = probe.node.get_clock().now().to_msg()
+            pub.publish(js)
+            values = probe.diagnostic_values("/policy")
+            return bool(values) and "ur_joint0" in str(probe.msgs["/diagnostics"][-1][1])
+
+        assert probe.spin_until(other_arm, 90), policy.log()
+        status = probe.msgs["/diagnostics"][-1][1].status[0]
+        assert level_value(status.level) == 2 and "robot0_joint1" in status.message
+        assert not probe.msgs[FORWARD] and policy.alive()
