@@ -12,8 +12,33 @@ from data.errors import UserError
 NORM_MODES = ("min_max", "mean_std", "identity")
 
 
+class StrictConfig:
+    """Dataclass mixin: ``to_dict`` / ``from_dict`` with unknown keys failing loudly."""
+
+    name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(
+                f"{source}: unknown {cls.name} config key(s) {sorted(unknown)}; "
+                f"valid keys: {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kw = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in d.items()}
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> Any:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
 @dataclass
-class PolicyConfig:
+class PolicyConfig(StrictConfig):
     """Fields every policy has. Subclasses add their own and call ``super().__post_init__()``.
 
     ``obs_keys`` None means "whatever the training store holds" (its low-dim keys and
@@ -51,27 +76,6 @@ class PolicyConfig:
                 raise UserError(f"{self.name} config: {key} must be one of {NORM_MODES}")
         if self.obs_keys is not None and not self.obs_keys:
             raise UserError(f"{self.name} config: obs_keys is empty; list keys or leave it unset")
-
-    # ---- (de)serialisation -----------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> PolicyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(
-                f"{source}: unknown {cls.name} config key(s) {sorted(unknown)}; "
-                f"valid keys: {sorted(known)}"
-            )
-        hints = typing.get_type_hints(cls)
-        kw = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in d.items()}
-        return cls(**kw)
-
-    def replace(self, **changes: Any) -> PolicyConfig:
-        return type(self).from_dict({**self.to_dict(), **changes})
 
 
 def _plain(v: Any) -> Any:

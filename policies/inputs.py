@@ -1,0 +1,95 @@
+"""What a policy consumes, decided from the training store and checked against the spec.
+
+By default a policy's inputs follow what the store holds: every low-dim key (except the
+action, timestamps and intervention flags) and every camera. So ``handoff-train --policy act
+--data STORE`` trains a state policy on a state-only store and an image policy on an image
+store, unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from data.embodiment import Embodiment
+from data.errors import UserError
+from data.store import DemoStore
+from policies.common.config import PolicyConfig
+from policies.common.normalizer import Normalizer
+from policies.common.policy import ACTION_KEY
+
+log = logging.getLogger("handoff.train")
+
+NOT_OBSERVATIONS = {ACTION_KEY, "timestamp", "intervention"}
+
+
+def store_embodiment(store: DemoStore, override: Embodiment | None = None) -> Embodiment:
+    spec = override or store.embodiment
+    if spec is None:
+        raise UserError(
+            f"{store.path}: the store carries no embodiment spec (converted from another "
+            f"project?); pass --embodiment NAME_OR_YAML"
+        )
+    return spec
+
+
+def resolve_inputs(store: DemoStore, config: PolicyConfig, spec: Embodiment) -> PolicyConfig:
+    """Return ``config`` with ``obs_keys`` filled from the store and every key checked."""
+    data = store.data
+    if config.obs_keys is None:
+        keys = [k for k in store.lowdim_keys if k not in NOT_OBSERVATIONS]
+        keys += store.image_keys
+        keys = [k for k in keys if k not in config.exclude_keys]
+        if not keys:
+            raise UserError(f"{store.path}: the store holds no observation keys to train on")
+    else:
+        keys = list(config.obs_keys)
+    for k in keys:
+        if k not in data:
+            raise UserError(
+                f"{store.path}: key {k!r} needed by the {config.name} config is not in the store "
+                f"(it has {store.keys}); collect it or drop it from obs_keys"
+            )
+        shape = tuple(data[k].shape[1:])
+        if k in spec.camera_names:
+            if shape != spec.camera(k).shape:
+                raise UserError(
+                    f"{store.path}: camera {k!r} frames are {shape} but embodiment "
+                    f"{spec.name!r} says {spec.camera(k).shape}"
+                )
+        elif k in spec.observation:
+            if int(np.prod(shape)) != int(np.prod(spec.observation[k])):
+                raise UserError(
+                    f"{store.path}: data/{k} has shape {shape} per step but embodiment "
+                    f"{spec.name!r} says {tuple(spec.observation[k])}"
+                )
+        else:
+            raise UserError(
+                f"{store.path}: key {k!r} is neither an observation nor a camera of embodiment "
+                f"{spec.name!r}; add it to the spec or exclude it (exclude_keys)"
+            )
+    if ACTION_KEY not in data:
+        raise UserError(f"{store.path}: key 'action' is not in the store (it has {store.keys})")
+    if tuple(data[ACTION_KEY].shape[1:]) != (spec.action_dim,):
+        raise UserError(
+            f"{store.path}: data/action has shape {tuple(data[ACTION_KEY].shape[1:])} per step, "
+            f"embodiment {spec.name!r} expects ({spec.action_dim},)"
+        )
+    privileged = [k for k in keys if k in spec.privileged]
+    if privileged:
+        log.warning("policy uses privileged key(s) %s: it can run in simulation only", privileged)
+    return config.replace(obs_keys=keys)
+
+
+def build_normalizer(
+    store: DemoStore, config: PolicyConfig, spec: Embodiment, episodes: Sequence[int] | None
+) -> Normalizer:
+    """Statistics over the training episodes -> the policy's normaliser."""
+    from data.dataset import compute_stats
+
+    lowdim = [k for k in config.obs_keys or [] if k not in spec.camera_names]
+    stats = compute_stats(store, [*lowdim, ACTION_KEY], episodes=episodes)
+    modes = {k: config.lowdim_norm for k in lowdim} | {ACTION_KEY: config.action_norm}
+    return Normalizer.from_stats(stats, modes)

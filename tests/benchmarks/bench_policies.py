@@ -1,0 +1,178 @@
+"""Policy inference latency and training throughput on CPU; prints one JSON line.
+
+    .venv/bin/python tests/benchmarks/bench_policies.py [--quick]
+
+Latency: p50/p99 of ``predict_action_chunk`` and of ``select_action`` (which predicts once
+every Ta steps, or every step with temporal ensembling) for diffusion (100 DDPM, 16 and 10
+DDIM steps) and ACT, state and image (one 84x84 camera) variants, at the CPU recipes' sizes.
+Baselines measured in the same run: one denoiser evaluation (what each sampler step costs),
+and the control period the policy must fit into.
+
+Training: samples/s of the real trainer on a synthetic store, and the fraction of step time
+spent waiting for data (target < 10%), against the raw dataset read rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from data.dataset import SequenceDataset  # noqa: E402
+from data.embodiment import load_embodiment  # noqa: E402
+from data.store import DemoStore  # noqa: E402
+from policies.inputs import build_normalizer, resolve_inputs  # noqa: E402
+from policies.registry import get_policy_class, make_config  # noqa: E402
+from policies.trainer import TrainConfig, Trainer  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[2] / "policies" / "recipes"
+STATE_KEYS = ["eef_pos", "eef_quat", "gripper_pos", "joint_pos", "joint_vel"]
+
+
+def make_store(path: Path, image: bool, episodes: int = 20, T: int = 40) -> DemoStore:
+    spec = load_embodiment("sim_panda").with_cameras(["agentview"] if image else [], None)
+    store = DemoStore.create(path, spec, force=True)
+    rng = np.random.default_rng(0)
+    for e in range(episodes):
+        ep = {
+            k: rng.standard_normal((T, *spec.observation[k])).astype(np.float32) for k in STATE_KEYS
+        }
+        ep["action"] = rng.standard_normal((T, spec.action_dim)).astype(np.float32)
+        if image:
+            ep["agentview"] = rng.integers(0, 255, (T, 84, 84, 3), dtype=np.uint8)
+        store.append_episode(ep, task="lift", source="scripted", success=True, seed=e)
+    return store
+
+
+def build(name: str, store: DemoStore, **overrides):
+    recipe = yaml.safe_load((RECIPES / f"{name}_cpu.yaml").read_text())
+    config = make_config(name, {**recipe["policy"], **overrides})
+    config = resolve_inputs(store, config, store.embodiment)
+    normalizer = build_normalizer(store, config, store.embodiment, None)
+    policy = get_policy_class(name)(config, store.embodiment, normalizer).eval()
+    return policy, recipe
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+    }
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def latency(policy, store: DemoStore, n_chunk: int, n_steps: int) -> dict:
+    c = policy.config
+    ep = store.episode(0)
+    obs_batch = {k: torch.from_numpy(ep[k][: c.n_obs_steps])[None] for k in policy.input_keys}
+    policy.predict_action_chunk(obs_batch)  # warm-up
+    chunk = timed(lambda: policy.predict_action_chunk(obs_batch), n_chunk)
+    policy.reset()
+    steps = iter(range(10**9))
+    select = timed(
+        lambda: policy.select_action(
+            {k: ep[k][next(steps) % len(ep[k])] for k in policy.input_keys}
+        ),
+        n_steps,
+    )
+    return {"predict_action_chunk_ms": percentiles(chunk), "select_action_ms": percentiles(select)}
+
+
+def train_throughput(name: str, store: DemoStore, steps: int, workers: int) -> dict:
+    policy, recipe = build(name, store)
+    data_only = SequenceDataset(
+        store.path,
+        policy.input_keys,
+        n_obs_steps=policy.config.n_obs_steps,
+        horizon=policy.config.horizon,
+    )
+    loader = torch.utils.data.DataLoader(
+        data_only, batch_size=64, shuffle=True, num_workers=workers
+    )
+    t0, n = time.perf_counter(), 0
+    for i, batch in enumerate(loader):
+        n += len(batch["action"])
+        if i >= 10:
+            break
+    read_rate = n / (time.perf_counter() - t0)
+    cfg = TrainConfig.from_dict(
+        {
+            **recipe["train"],
+            "steps": steps,
+            "num_workers": workers,
+            "save_every": 10**6,
+            "max_minutes": 0.0,
+        }
+    )
+    with tempfile.TemporaryDirectory() as run:
+        summary = Trainer(policy.train(), data_only, cfg, Path(run), device="cpu").train(
+            progress=False
+        )
+    return {
+        "samples_per_s": round(summary["samples_per_s"], 1),
+        "data_wait_fraction": round(summary["data_wait_fraction"], 4),
+        "data_read_samples_per_s": round(read_rate, 1),
+        "num_workers": workers,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = p.parse_args()
+    reps = 3 if args.quick else 20
+    torch.set_num_threads(1)  # as the CPU recipes (see policies/trainer.py)
+    torch.manual_seed(0)
+    out: dict = {"threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {
+            v: make_store(Path(tmp) / f"{v}.zarr", v == "image", episodes=6 if args.quick else 20)
+            for v in ("state", "image")
+        }
+        out["control_period_ms"] = 1000 / stores["state"].embodiment.control_hz
+        for variant, store in stores.items():
+            dp, _ = build("diffusion", store)
+            cond = dp._condition(
+                {k: torch.from_numpy(store.episode(0)[k][:2])[None] for k in dp.input_keys}
+            )
+            x = torch.zeros(1, dp.config.horizon, dp.action_dim)
+            t = torch.zeros(1, dtype=torch.long)
+            with torch.no_grad():
+                out[f"diffusion_{variant}_denoiser_eval_ms"] = percentiles(
+                    timed(functools.partial(dp._denoise, x, t, cond), reps)
+                )
+            for sched, n in (("ddpm", 100), ("ddim", 16), ("ddim", 10)):
+                dp.set_inference(sched, n)
+                out[f"diffusion_{variant}_{sched}{n}"] = latency(
+                    dp, store, max(3, reps // (5 if n == 100 else 1)), 2 * dp.config.n_action_steps
+                )
+            act, _ = build("act", store)
+            out[f"act_{variant}"] = latency(act, store, reps, reps)
+        steps = 5 if args.quick else 40
+        for name in ("diffusion", "act"):
+            out[f"train_{name}_state"] = train_throughput(name, stores["state"], steps, 0)
+            out[f"train_{name}_image"] = train_throughput(name, stores["image"], steps // 2, 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
