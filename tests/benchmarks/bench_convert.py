@@ -1,9 +1,10 @@
 """Conversion throughput per direction and peak memory, for 2 cameras 96x96 + low-dim.
 
-Prints one JSON line. Every direction runs in a fresh process, twice: on a 1-episode source
-and on the full source. ``peak_rss_mb`` is the full run's peak resident memory;
-``peak_growth_mb`` = full peak - 1-episode peak is what the extra episodes cost, which
-streaming keeps near zero (target: well below the source's raw size). The baseline measured
+Prints one JSON line. Every direction runs in a fresh process, twice: on half the episodes and
+on all of them. ``peak_rss_mb`` is the full run's peak resident memory; ``peak_growth_mb`` =
+full peak - half peak is what the second half of the episodes cost, which streaming keeps
+near zero: ``max_growth_vs_added_raw`` (worst growth / raw size of the added episodes) would
+be >= 1 if a conversion held its input in memory (target <= 0.25). The baseline measured
 in the same run is handoff -> handoff (read a store, append every episode to a new one: the
 store's own cost); ``vs_copy`` says how each direction compares with it.
 
@@ -75,8 +76,16 @@ def run_direction(root: str, src: str, dst: str, fmt_in: str, fmt_out: str, q: m
         Path(root) / src, Path(root) / dst, fmt_in, fmt_out, embodiment=spec, progress=False
     )
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    q.put({"frames": report["frames"], "seconds": elapsed, "peak_rss_mb": peak})
+    q.put({"frames": report["frames"], "seconds": elapsed, "peak_rss_mb": peak_rss_mb()})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: a spawned
+    child inherits its parent's ru_maxrss across exec, while VmHWM starts afresh."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best effort
 
 
 def run_all(root: Path, episodes: int, steps: int) -> tuple[float, dict[str, dict]]:
@@ -103,7 +112,7 @@ def main() -> None:
     episodes, steps = (4, 50) if args.quick else (args.episodes, args.steps)
     out: dict = {"bench": "convert", "cameras": "2x96x96", "episodes": episodes, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
-        _, small = run_all(Path(tmp) / "one", 1, steps)
+        half_mb, half = run_all(Path(tmp) / "half", episodes // 2, steps)
         raw_mb, results = run_all(Path(tmp) / "all", episodes, steps)
     out["source_raw_mb"] = round(raw_mb, 1)
     copy = results["handoff->handoff"]
@@ -117,10 +126,10 @@ def main() -> None:
         out["camera_frames_per_s"][name] = round(2 * fps, 1)  # 2 cameras per step
         out["vs_copy"][name] = round(fps / copy_fps, 2)
         out["peak_rss_mb"][name] = round(r["peak_rss_mb"], 1)
-        out["peak_growth_mb"][name] = round(r["peak_rss_mb"] - small[name]["peak_rss_mb"], 1)
+        out["peak_growth_mb"][name] = round(r["peak_rss_mb"] - half[name]["peak_rss_mb"], 1)
     worst = max(out["peak_growth_mb"].values())
-    out["max_peak_growth_vs_source"] = round(worst / out["source_raw_mb"], 2)
-    out["targets"] = {"max_peak_growth_vs_source": "<= 0.5"}
+    out["max_growth_vs_added_raw"] = round(worst / (raw_mb - half_mb), 2)
+    out["targets"] = {"max_growth_vs_added_raw": "<= 0.25"}
     print(json.dumps(out))
 
 
