@@ -1,0 +1,273 @@
+"""teleop node: a human drives the arm (keyboard, joy, SpaceMouse or a leader arm).
+
+Outputs, by ``output``:
+
+* ``twist``: ``geometry_msgs/TwistStamped`` on MoveIt Servo's ``~/delta_twist_cmds`` topic
+  (base frame), for a real arm with MoveIt Servo running;
+* ``joint``: joint targets on the arm's forward or trajectory controller. Twist devices are
+  turned into joint targets with differential IK on the simulated arm's MuJoCo Jacobians
+  (sim.kinematics.DiffIK), so sim teleop needs no MoveIt; a leader arm maps joint to joint.
+
+Deadman: nothing is sent to the arm while the operator is not engaged, and joint targets pass
+the safety filter (deadman, limits, step and velocity clamps). ``~/engaged`` (std_msgs/Bool)
+is published every tick: the recorder stores it as ``data/intervention``. Recorder keys call
+``<recorder>/start``, ``/stop``, ``/discard`` and ``/mark_success``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState, Joy
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from data.embodiment import load_embodiment
+from data.errors import UserError
+from handoff_ros.commands import forward_msg, trajectory_msg
+from handoff_ros.rosutil import (
+    OK,
+    WARN,
+    Diagnostics,
+    JointMatcher,
+    declare_params,
+    now_sec,
+    param,
+    run_node,
+    stamp_to_sec,
+)
+from handoff_ros.safety import SafetyConfig, SafetyFilter
+from handoff_ros.teleop_devices import JoyMapping, Keyboard, SpaceMouse, TeleopInput
+
+DEVICES = ("joy", "keyboard", "spacemouse", "leader")
+
+
+@dataclass
+class TeleopParams:
+    device: str = param("joy", "input: joy, keyboard, spacemouse or leader")
+    output: str = param("joint", "joint (targets to the controller) or twist (MoveIt Servo)")
+    robot: str = param("sim", "sim (differential IK on the sim model) or real")
+    task: str = param("lift", "sim task whose MuJoCo model gives the Jacobians (robot:=sim)")
+    embodiment: str = param("sim_panda", "embodiment spec name or YAML path")
+    rate_hz: float = param(0.0, "command rate, Hz; 0: the spec's control_hz")
+    joy_topic: str = param("/joy", "sensor_msgs/Joy topic (device:=joy)")
+    joy_axes: str = param("1,0,4,-1,-1,3", "Joy axis index per twist component; -1: unused")
+    deadman_button: int = param(4, "Joy button that must be held to move (LB on Xbox pads)")
+    linear_scale: float = param(0.1, "m/s at full deflection")
+    angular_scale: float = param(0.5, "rad/s at full deflection")
+    leader_topic: str = param("/leader/joint_states", "leader arm JointState (device:=leader)")
+    leader_joint_map: str = param("", "follower:leader joint pairs, comma-separated; empty: same")
+    leader_timeout_s: float = param(0.2, "leader messages older than this disengage")
+    servo_topic: str = param("/servo_node/delta_twist_cmds", "TwistStamped output topic")
+    frame_id: str = param("base_link", "frame of the published twists (the robot base)")
+    controller: str = param("forward", "joint output: forward or joint_trajectory")
+    forward_topic: str = param("/forward_position_controller/commands", "forward controller")
+    trajectory_topic: str = param("/arm_controller/joint_trajectory", "trajectory controller")
+    gripper_topic: str = param("/gripper_controller/commands", "gripper command topic")
+    joint_states_topic: str = param("/joint_states", "measured joints (joint output)")
+    recorder: str = param("/recorder", "recorder node whose services the record keys call")
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r}: use one of {DEVICES}")
+        if self.output not in ("joint", "twist"):
+            raise ValueError(f"output {self.output!r}: use joint or twist")
+        if self.robot not in ("sim", "real"):
+            raise ValueError(f"robot {self.robot!r}: use sim or real")
+        if self.output == "joint" and self.robot == "real" and self.device != "leader":
+            raise ValueError(
+                "joint output from a twist device needs IK: on a real arm use output:=twist "
+                "with MoveIt Servo (or device:=leader)"
+            )
+        if self.output == "twist" and self.device == "leader":
+            raise ValueError("a leader arm gives joint targets: use output:=joint")
+        if self.controller not in ("forward", "joint_trajectory"):
+            raise ValueError(f"controller {self.controller!r}: use forward or joint_trajectory")
+        if self.rate_hz < 0 or self.linear_scale <= 0 or self.angular_scale <= 0:
+            raise ValueError("rate_hz must be >= 0 and the scales positive")
+
+
+class TeleopNode(Node):
+    def __init__(self) -> None:
+        super().__init__("teleop")
+        p = self.p = declare_params(self, TeleopParams)
+        self.spec = load_embodiment(p.embodiment)
+        self.dt = 1.0 / (p.rate_hz or self.spec.control_hz)
+        g = self.spec.gripper
+        self.gripper_range = (g.command_min, g.command_max)
+        self.gripper = g.open_command
+        self.input = TeleopInput()
+        self.events: list[str] = []
+        self.device = None
+        self.ik = None
+        if p.device == "joy":
+            axes = [int(a) for a in p.joy_axes.split(",")]
+            self.joy = JoyMapping(axes, p.deadman_button, p.linear_scale, p.angular_scale)
+            self.create_subscription(Joy, p.joy_topic, self.on_joy, 10)
+        elif p.device == "leader":
+            pairs = [kv.split(":") for kv in p.leader_joint_map.split(",") if kv]
+            self.leader_map = {a.strip(): b.strip() for a, b in pairs}
+            self.leader_matcher = JointMatcher(
+                [self.leader_map.get(n, n) for n in self.spec.joint_names]
+            )
+            self.leader_time = -np.inf
+            self.create_subscription(JointState, p.leader_topic, self.on_leader, 10)
+        else:
+            try:
+                cls = Keyboard if p.device == "keyboard" else SpaceMouse
+                self.device = cls(p.linear_scale, p.angular_scale)
+            except RuntimeError as e:
+                raise UserError(f"device {p.device}: {e}") from None
+        if p.output == "joint" and p.device != "leader":
+            from sim.arm import SimArm
+            from sim.kinematics import DiffIK
+
+            self.ik = DiffIK(SimArm(p.task, (), embodiment=self.spec))
+        self.matcher = JointMatcher(self.spec.joint_names)
+        self.q: np.ndarray | None = None
+        self.q_ref: np.ndarray | None = None  # integrates twists while engaged
+        # the operator is the enable: the deadman layer replaces the enable gate
+        self.safety = SafetyFilter(
+            self.spec, SafetyConfig(require_enable=False, require_deadman=True)
+        )
+        self.create_subscription(JointState, p.joint_states_topic, self.on_joint_states, 50)
+        self.pub_engaged = self.create_publisher(Bool, "~/engaged", 10)
+        self.pub_twist = self.create_publisher(TwistStamped, p.servo_topic, 10)
+        if p.controller == "forward":
+            self.pub_arm = self.create_publisher(Float64MultiArray, p.forward_topic, 10)
+        else:
+            self.pub_arm = self.create_publisher(JointTrajectory, p.trajectory_topic, 10)
+        self.pub_grip = self.create_publisher(Float64MultiArray, p.gripper_topic, 10)
+        self.clients_ = {
+            "start": self.create_client(Trigger, f"{p.recorder}/start"),
+            "stop": self.create_client(Trigger, f"{p.recorder}/stop"),
+            "discard": self.create_client(Trigger, f"{p.recorder}/discard"),
+            "success": self.create_client(SetBool, f"{p.recorder}/mark_success"),
+        }
+        self.sent = 0
+        self.timer = self.create_timer(self.dt, self.tick)
+        self.diag = Diagnostics(self, self.report)
+
+    # ---- inputs ----------------------------------------------------------------------------
+
+    def on_joy(self, msg: Joy) -> None:
+        self.input = self.joy(msg.axes, msg.buttons, self.gripper_range)
+        self.input_time = now_sec(self)
+        self.events += self.input.events
+
+    def on_leader(self, msg: JointState) -> None:
+        try:
+            q = self.leader_matcher.positions(msg)
+        except ValueError as e:
+            self.diag.problem(f"leader: {e}")
+            return
+        self.input = TeleopInput(engaged=True, joints=q)
+        self.leader_time = now_sec(self)
+
+    def on_joint_states(self, msg: JointState) -> None:
+        try:
+            self.q = self.matcher.positions(msg)
+        except ValueError as e:
+            self.diag.problem(f"joint_states: {e}")
+            return
+        self.safety.observe(self.q, stamp_to_sec(msg.header.stamp))
+
+    def read(self) -> TeleopInput:
+        now = now_sec(self)
+        if self.device is not None:
+            inp = self.device.read(self.gripper_range)
+            self.events += inp.events
+            return inp
+        if self.p.device == "leader":
+            fresh = now - self.leader_time < self.p.leader_timeout_s
+            return self.input if fresh else TeleopInput()
+        # joy: a pad that stopped publishing (unplugged) must not keep the arm moving
+        fresh = now - getattr(self, "input_time", -np.inf) < 0.5
+        return self.input if fresh else TeleopInput()
+
+    # ---- the tick --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = now_sec(self)
+        inp = self.read()
+        self.pub_engaged.publish(Bool(data=inp.engaged))
+        self.safety.set_engaged(inp.engaged, now)
+        for event in self.events:
+            self.call_recorder(event)
+        self.events.clear()
+        if inp.gripper is not None:
+            self.gripper = inp.gripper
+        if not inp.engaged:
+            self.q_ref = None  # re-anchor on the measured joints at the next engage
+            return  # deadman: no engaged input, no motion
+        if self.p.output == "twist":
+            self.publish_twist(inp.twist, now)
+            self.pub_grip.publish(forward_msg([self.gripper]))
+            return
+        if self.q is None:
+            self.diag.problem("no joint_states yet: cannot compute joint targets")
+            return
+        if inp.joints is not None:
+            target = inp.joints
+        else:
+            ref = self.q if self.q_ref is None else self.q_ref
+            target = self.ik.twist(ref, inp.twist)
+        result = self.safety.filter(np.append(target, self.gripper), now)
+        if result.command is None or result.held:
+            return
+        self.q_ref = result.command[:-1]
+        if self.p.controller == "forward":
+            self.pub_arm.publish(forward_msg(result.command[:-1]))
+        else:
+            self.pub_arm.publish(
+                trajectory_msg(self.spec.joint_names, result.command[None, :-1], self.dt)
+            )
+        self.pub_grip.publish(forward_msg(result.command[-1:]))
+        self.sent += 1
+
+    def publish_twist(self, twist: np.ndarray, now: float) -> None:
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.p.frame_id
+        v, w = msg.twist.linear, msg.twist.angular
+        v.x, v.y, v.z, w.x, w.y, w.z = (float(x) for x in twist)
+        self.pub_twist.publish(msg)
+        self.sent += 1
+
+    def call_recorder(self, event: str) -> None:
+        client = self.clients_[event]
+        if not client.service_is_ready():
+            self.diag.problem(f"recorder key {event!r}: {client.srv_name} is not available")
+            return
+        req = SetBool.Request(data=True) if event == "success" else Trigger.Request()
+        client.call_async(req)
+        self.get_logger().info(f"recorder: {event}")
+
+    def report(self) -> tuple[int, str, dict]:
+        values = {
+            "hardware_id": self.p.device,
+            "engaged": self.input.engaged,
+            "commands_sent": self.sent,
+            **self.safety.status(),
+        }
+        if self.p.output == "joint" and self.q is None:
+            return WARN, "waiting for joint_states", values
+        return OK, "engaged" if self.input.engaged else "idle (deadman released)", values
+
+    def close(self) -> None:
+        if self.device is not None:
+            self.device.close()
+        if self.ik is not None:
+            self.ik.arm.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(TeleopNode, args)
+
+
+if __name__ == "__main__":
+    main()
