@@ -34,8 +34,10 @@ from data.convert.rosbag_msgs import (
     SPEC_TOPIC,
     TOPIC_OPTIONS,
     BagTopics,
+    by_name,
     decode_image,
     header_stamp_ns,
+    parse_marker,
     spec_required,
     stamp_ns,
     typestore,
@@ -191,13 +193,11 @@ class RosbagReader:
     def _on_joint_states(self, msg: Any, log_ns: int, topic: str) -> None:
         joints = list(self.spec.joint_names)
         values = {
-            "joint_pos": _by_name(msg.name, msg.position, joints, topic),
-            "joint_vel": _by_name(msg.name, msg.velocity, joints, topic, optional=True),
+            "joint_pos": by_name(msg.name, msg.position, joints, topic),
+            "joint_vel": by_name(msg.name, msg.velocity, joints, topic, optional=True),
         }
         if "gripper_pos" in self.spec.observation:
-            values["gripper_pos"] = _by_name(
-                msg.name, msg.position, self.topics.finger_names, topic
-            )
+            values["gripper_pos"] = by_name(msg.name, msg.position, self.topics.finger_names, topic)
         self.streams["joint_states"].add(stamp_ns(msg, log_ns), **values)
 
     def _on_eef_pose(self, msg: Any, log_ns: int, topic: str) -> None:
@@ -210,7 +210,7 @@ class RosbagReader:
 
     def _on_trajectory(self, msg: Any, log_ns: int, topic: str) -> None:
         if msg.points:  # the goal the controller is sent toward
-            goal = _by_name(msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic)
+            goal = by_name(msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic)
             self._events.append((log_ns, "arm", goal))
 
     def _on_forward(self, msg: Any, log_ns: int, topic: str) -> None:
@@ -257,7 +257,7 @@ class RosbagReader:
             stamps, values = self.data["marker"]
             segments, start, meta = [], None, {}
             for ns, text in zip(stamps.tolist(), values["event"].tolist()):
-                event = _marker(text, self.path)
+                event = parse_marker(text, self.path)
                 if event.pop("event") == "start":
                     start, meta = ns, event
                 elif start is not None:
@@ -364,35 +364,6 @@ class RosbagReader:
 
     def close(self) -> None:
         self.bag.close()
-
-
-def _by_name(
-    names: list[str], values: Any, want: list[str], topic: str, optional: bool = False
-) -> np.ndarray:
-    """values (len(names),) picked in ``want`` order by name (never by position).
-
-    ``optional``: an empty array (JointState leaves velocity empty when unknown) gives zeros.
-    """
-    where = {n: i for i, n in enumerate(names)}
-    missing = [n for n in want if n not in where]
-    if missing:
-        raise UserError(f"{topic}: joint(s) {missing} not in the message (it has {list(names)})")
-    values = np.asarray(values, np.float64)
-    if optional and len(values) == 0:
-        return np.zeros(len(want), np.float32)
-    if len(values) < len(names):
-        raise UserError(f"{topic}: {len(names)} joint names but {len(values)} values")
-    return values[[where[n] for n in want]].astype(np.float32)
-
-
-def _marker(text: Any, path: Path) -> dict[str, Any]:
-    try:
-        event = json.loads(str(text))
-    except json.JSONDecodeError:
-        event = {"event": str(text).strip()}
-    if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
-        raise UserError(f"{path}: episode marker {text!r} is not start/end")
-    return event
 
 
 def _open_writer(*args: Any, **kwargs: Any) -> Any:

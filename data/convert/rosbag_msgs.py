@@ -7,8 +7,10 @@ ROS is never imported here: messages are (de)serialised with the pure-Python ``r
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,3 +137,32 @@ def spec_required(embodiment: Embodiment | None, what: str) -> Embodiment:
             f"match in /joint_states, the cameras and the control rate)"
         )
     return embodiment
+
+
+def by_name(
+    names: list[str], values: Any, want: list[str], topic: str, optional: bool = False
+) -> np.ndarray:
+    """values (len(names),) picked in ``want`` order by name (never by position).
+
+    ``optional``: an empty array (JointState leaves velocity empty when unknown) gives zeros.
+    """
+    where = {n: i for i, n in enumerate(names)}
+    missing = [n for n in want if n not in where]
+    if missing:
+        raise UserError(f"{topic}: joint(s) {missing} not in the message (it has {list(names)})")
+    values = np.asarray(values, np.float64)
+    if optional and len(values) == 0:
+        return np.zeros(len(want), np.float32)
+    if len(values) < len(names):
+        raise UserError(f"{topic}: {len(names)} joint names but {len(values)} values")
+    return values[[where[n] for n in want]].astype(np.float32)
+
+
+def parse_marker(text: Any, path: Path) -> dict[str, Any]:
+    try:
+        event = json.loads(str(text))
+    except json.JSONDecodeError:
+        event = {"event": str(text).strip()}
+    if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
+        raise UserError(f"{path}: episode marker {text!r} is not start/end")
+    return event
