@@ -209,6 +209,25 @@ def test_not_lerobot_gets_one_line(tmp_path):
         convert(tmp_path / "v9", tmp_path / "o.zarr", "lerobot", "handoff")
 
 
+def test_store_without_spec_maps_extras_to_their_own_columns(tmp_path):
+    store = DemoStore.create(tmp_path / "a.zarr")
+    rng = np.random.default_rng(0)
+    ep = {
+        "joint_pos": rng.normal(size=(5, 3)).astype(np.float32),
+        "reward": rng.random(5).astype(np.float32),
+        "intervention": rng.random(5) > 0.5,
+        "action": rng.normal(size=(5, 4)).astype(np.float32),
+    }
+    store.append_episode(ep, source="teleop")
+    convert(tmp_path / "a.zarr", tmp_path / "lr", "handoff", "lerobot", progress=False, fps=10)
+    feats = json.loads((tmp_path / "lr/meta/info.json").read_text())["features"]
+    assert feats["observation.state"]["names"] == ["joint_pos.0", "joint_pos.1", "joint_pos.2"]
+    assert feats["next.reward"]["dtype"] == "float32"
+    assert feats["observation.intervention"]["dtype"] == "bool"
+    convert(tmp_path / "lr", tmp_path / "b.zarr", "lerobot", "handoff", progress=False)
+    assert_lowdim_equal(store, DemoStore.open(tmp_path / "b.zarr"), store.keys)
+
+
 def test_writing_lerobot_needs_a_frame_rate(tmp_path):
     store = DemoStore.create(tmp_path / "a.zarr")
     store.append_episode({"action": np.zeros((3, 2), np.float32)})

@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from data.convert.base import DONE, REWARD, Episode, Reader, Report, publish, staging_dir
+from data.convert.base import (
+    DONE,
+    NOT_OBSERVATIONS,
+    REWARD,
+    Episode,
+    Reader,
+    Report,
+    publish,
+    staging_dir,
+)
 from data.convert.lerobot import (
     ENV_STATE,
     HANDOFF_INFO,
@@ -102,7 +111,7 @@ class LeRobotWriter:
         order = list(spec.observation) if spec else []
         lowdim = [k for k in episode.lowdim_keys if k not in ("action", "timestamp")]
         lowdim = [k for k in order if k in lowdim] + [k for k in lowdim if k not in order]
-        proprio = set(spec.observation) if spec else set(lowdim)
+        proprio = set(spec.observation) if spec else set(lowdim) - NOT_OBSERVATIONS
         groups = {
             STATE: [k for k in lowdim if k not in privileged and (k in proprio or k == "state")],
             ENV_STATE: [k for k in lowdim if k in privileged],
