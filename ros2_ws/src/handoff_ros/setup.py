@@ -1,5 +1,6 @@
 """ament_python package of the handoff ROS 2 nodes (colcon build, or pip install -e)."""
 
+import os
 from glob import glob
 from pathlib import Path
 
@@ -20,7 +21,11 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/launch", [str(p) for p in sorted(LAUNCH_DIR.glob("*.launch.py"))]),
+        # relative to this folder: colcon refuses absolute data_files paths
+        (
+            f"share/{PACKAGE}/launch",
+            [os.path.relpath(p, HERE) for p in sorted(LAUNCH_DIR.glob("*.launch.py"))],
+        ),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

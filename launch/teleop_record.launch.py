@@ -1,0 +1,95 @@
+"""Teleoperate an arm and record demonstrations into a zarr store.
+
+    ros2 launch handoff_ros teleop_record.launch.py robot:=sim device:=joy store:=demos/lift.zarr
+    ros2 launch handoff_ros teleop_record.launch.py robot:=real device:=spacemouse \
+        params_file:=/path/to/my_arm.yaml store:=demos/my_task.zarr
+
+robot:=sim starts the simulated arm; robot:=real expects your ros2_control stack (and MoveIt
+Servo for twist devices) to be running, and starts one camera node (camera_name, camera_source).
+device:=joy also starts the ROS joy driver. Recorder keys on the device call /recorder/start,
+/stop, /discard and /mark_success.
+"""
+
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+
+def _is(arg: str, value: str) -> IfCondition:
+    return IfCondition(PythonExpression(["'", LaunchConfiguration(arg), f"' == '{value}'"]))
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = PathJoinSubstitution(
+        [FindPackageShare("handoff_ros"), "config", "sim_panda.yaml"]
+    )
+    params = LaunchConfiguration("params_file")
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("robot", default_value="sim", description="sim or real"),
+            DeclareLaunchArgument(
+                "device", default_value="joy", description="joy, keyboard, spacemouse or leader"
+            ),
+            DeclareLaunchArgument(
+                "store", default_value="demos/teleop.zarr", description="zarr store to append to"
+            ),
+            DeclareLaunchArgument(
+                "params_file", default_value=default_params, description="node parameters"
+            ),
+            DeclareLaunchArgument(
+                "camera_name", default_value="scene", description="real: camera namespace"
+            ),
+            DeclareLaunchArgument(
+                "camera_source", default_value="0", description="real: device index or path"
+            ),
+            Node(
+                package="handoff_ros",
+                executable="sim_arm",
+                name="sim_arm",
+                output="screen",
+                parameters=[params],
+                condition=_is("robot", "sim"),
+            ),
+            Node(
+                package="handoff_ros",
+                executable="camera",
+                name="camera",
+                namespace=LaunchConfiguration("camera_name"),
+                output="screen",
+                parameters=[params, {"source": LaunchConfiguration("camera_source")}],
+                condition=_is("robot", "real"),
+            ),
+            Node(
+                package="joy",
+                executable="joy_node",
+                name="joy",
+                condition=_is("device", "joy"),
+            ),
+            Node(
+                package="handoff_ros",
+                executable="teleop",
+                name="teleop",
+                output="screen",
+                # the keyboard device reads the terminal the launch runs in
+                emulate_tty=True,
+                parameters=[
+                    params,
+                    {
+                        "device": LaunchConfiguration("device"),
+                        "robot": LaunchConfiguration("robot"),
+                    },
+                ],
+            ),
+            Node(
+                package="handoff_ros",
+                executable="recorder",
+                name="recorder",
+                output="screen",
+                parameters=[params, {"store": LaunchConfiguration("store")}],
+            ),
+        ]
+    )
