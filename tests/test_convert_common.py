@@ -99,6 +99,20 @@ def test_unknown_option_and_missing_source(tmp_path):
         convert(tmp_path / "nope", tmp_path / "b.zarr", "handoff", "handoff")
 
 
+def test_urls_only_for_handoff_stores(tmp_path):
+    make_store(tmp_path / "a.zarr", lengths=(3,))
+    with pytest.raises(UserError, match="a lerobot destination must be a local path"):
+        convert(tmp_path / "a.zarr", "s3://bucket/lr", "handoff", "lerobot")
+    report = convert(
+        f"file://{tmp_path}/a.zarr",
+        f"file://{tmp_path}/b.zarr",
+        "handoff",
+        "handoff",
+        progress=False,
+    )
+    assert report["frames"] == 3 and DemoStore.open(tmp_path / "b.zarr").n_steps == 3
+
+
 def test_no_overwrite_without_force(tmp_path):
     make_store(tmp_path / "a.zarr", lengths=(3,))
     (tmp_path / "b.zarr").mkdir()

@@ -73,12 +73,12 @@ def convert(
             f"option(s) {unknown} are not understood by {from_format} -> {to_format}; "
             f"valid: {sorted(known) or 'none'}"
         )
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
+    src, dst = _location(src, fin, "source"), _location(dst, fout, "destination")
+    if isinstance(src, Path) and not src.exists():
         raise UserError(f"{src}: no such file or directory")
-    if src.resolve() == dst.resolve():
+    if isinstance(src, Path) and isinstance(dst, Path) and src.resolve() == dst.resolve():
         raise UserError(f"{dst}: source and destination are the same path")
-    if dst.exists() and not force:
+    if isinstance(dst, Path) and dst.exists() and not force:
         raise UserError(f"{dst} already exists; pass --force to overwrite it")
     spec = load_embodiment(embodiment) if isinstance(embodiment, str | Path) else embodiment
 
@@ -105,6 +105,16 @@ def convert(
     out = report.as_dict()
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def _location(path: str | Path, fmt: Format, what: str) -> str | Path:
+    """A local Path, or the URL string of a store on object storage (handoff stores only)."""
+    s = str(path)
+    if "://" in s and not s.startswith("file://"):
+        if not fmt.urls:
+            raise UserError(f"{s}: a {fmt.name} {what} must be a local path (URLs: handoff only)")
+        return s
+    return Path(s.removeprefix("file://"))
 
 
 def _pump(reader: Any, writer: Any, report: Report, progress: bool) -> None:

@@ -132,6 +132,7 @@ class Format:
     open_writer: Any = None
     read_options: tuple[str, ...] = ()
     write_options: tuple[str, ...] = ()
+    urls: bool = False  # SRC/DST may be fsspec URLs (s3://...), not only local paths
 
 
 FORMATS: Registry[Format] = Registry("format")

@@ -14,7 +14,7 @@ _STORE_OWN_ATTRS = {SCHEMA_ATTR, "embodiment"}
 
 
 class HandoffReader:
-    def __init__(self, path: Path, report: Report, embodiment: Embodiment | None) -> None:
+    def __init__(self, path: str | Path, report: Report, embodiment: Embodiment | None) -> None:
         self.store = DemoStore.open(path, "r")
         self.embodiment = self.store.embodiment or embodiment
         self.attrs = {k: v for k, v in self.store.attrs.items() if k not in _STORE_OWN_ATTRS}
@@ -35,7 +35,7 @@ class HandoffWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: str | Path,
         report: Report,
         reader: Reader,
         embodiment: Embodiment | None,
@@ -78,5 +78,6 @@ FORMATS.register("handoff")(
         description="handoff zarr demonstration store (directory)",
         open_reader=HandoffReader,
         open_writer=HandoffWriter,
+        urls=True,  # DemoStore opens fsspec URLs (DESIGN.md: stores on object storage)
     )
 )
