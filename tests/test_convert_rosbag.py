@@ -208,6 +208,25 @@ def test_handoff_to_mcap_and_back_is_exact(tmp_path):
     assert [out.episode_meta(i) for i in range(3)] == [src.episode_meta(i) for i in range(3)]
 
 
+def test_png_compressed_images_are_exact(tmp_path):
+    src = make_store(tmp_path / "a.zarr", lengths=(4, 3))
+    convert(
+        tmp_path / "a.zarr",
+        tmp_path / "bag",
+        "handoff",
+        "rosbag2",
+        progress=False,
+        image_format="png",
+    )
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([tmp_path / "bag"]) as bag:
+        topics = {c.topic: c.msgtype for c in bag.connections}
+    assert topics["/wrist/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+    convert(tmp_path / "bag", tmp_path / "b.zarr", "rosbag2", "handoff", progress=False)
+    assert_lowdim_equal(src, DemoStore.open(tmp_path / "b.zarr"), src.keys)
+
+
 def test_bad_bags_get_one_line(tmp_path):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk/metadata.yaml").write_text("hello: [")

@@ -379,6 +379,6 @@ FORMATS.register("rosbag2")(
         open_reader=RosbagReader,
         open_writer=_open_writer,
         read_options=("gap_s", "max_age_s", "action_offset_s", "task", *TOPIC_OPTIONS),
-        write_options=("gap_s", *TOPIC_OPTIONS),
+        write_options=("gap_s", "image_format", *TOPIC_OPTIONS),
     )
 )

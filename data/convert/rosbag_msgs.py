@@ -108,6 +108,19 @@ def image_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str) -> Any:
     )
 
 
+def compressed_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str, fmt: str) -> Any:
+    """sensor_msgs/CompressedImage: ``png`` (lossless) or ``jpeg`` (quality 90)."""
+    import cv2
+
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(f".{fmt}", np.ascontiguousarray(rgb[..., 2::-1]), params)  # BGR
+    if not ok:
+        raise UserError(f"{frame_id}: could not encode a frame as {fmt}")
+    return ts.types["sensor_msgs/msg/CompressedImage"](
+        header=make_header(ts, ns, frame_id), format=fmt, data=data.reshape(-1)
+    )
+
+
 def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
     """sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage -> (H, W, 3) RGB."""
     import cv2

@@ -2,7 +2,8 @@
 
 Per step t (stamped at the episode's start time + ``timestamp``): ``/joint_states`` (arm
 joints + finger joints), ``/sim_arm/eef_pose``, ``/sim_arm/object_state``, each camera's
-``image_raw`` (rgb8, lossless), the action as a forward command (7 joint targets) plus the
+``image_raw`` (rgb8, lossless; ``image_format=png|jpeg`` writes ``image_raw/compressed``
+instead), the action as a forward command (7 joint targets) plus the
 gripper command, ``/teleop/engaged`` for ``intervention``, and any other per-step key on
 ``/handoff/<key>``. ``/handoff/episode`` markers carry each episode's metadata, so importing
 the bag gives back the same episodes, steps and metadata (low-dim values bit-exact: float32
@@ -25,6 +26,7 @@ from data.convert.rosbag_msgs import (
     MARKER_TYPE,
     SPEC_TOPIC,
     BagTopics,
+    compressed_msg,
     float_array,
     image_msg,
     make_header,
@@ -58,11 +60,17 @@ class RosbagWriter:
         *,
         force: bool = False,
         gap_s: float = 1.0,
+        image_format: str = "raw",
         **topics: Any,
     ) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.spec = spec_required(embodiment, "writing a rosbag2")
+        if image_format not in ("raw", "png", "jpeg"):
+            raise UserError(f"image_format={image_format!r}: choose raw, png or jpeg")
+        self.image_format = image_format
+        if image_format == "jpeg":
+            report.note("camera frames written as JPEG (quality 90): lossy")
         topics = {k: v for k, v in topics.items() if k in BagTopics.__dataclass_fields__}
         self.topics = BagTopics(**topics)
         # rosbags names the storage file after the bag directory: stage under the final name
@@ -136,12 +144,7 @@ class RosbagWriter:
                 )
             for cam in spec.camera_names:
                 if cam in steps:
-                    self._write(
-                        t.camera(cam),
-                        "sensor_msgs/msg/Image",
-                        ns,
-                        image_msg(self.ts, ns, steps[cam][i], cam),
-                    )
+                    self._write_image(cam, ns, steps[cam][i])
             action = steps["action"][i]
             self._write(
                 t.forward_topic,
@@ -172,6 +175,14 @@ class RosbagWriter:
         end = int(ticks[-1]) + 1
         self._write(t.marker_topic, MARKER_TYPE, end, _string(types, {"event": "end"}))
         self.next_free = end + 2 * self.gap
+
+    def _write_image(self, cam: str, ns: int, rgb: np.ndarray) -> None:
+        topic = self.topics.camera(cam)
+        if self.image_format == "raw":
+            self._write(topic, "sensor_msgs/msg/Image", ns, image_msg(self.ts, ns, rgb, cam))
+        else:  # image_transport's convention: <topic>/compressed
+            msg = compressed_msg(self.ts, ns, rgb, cam, self.image_format)
+            self._write(f"{topic}/compressed", "sensor_msgs/msg/CompressedImage", ns, msg)
 
     def close(self) -> None:
         self.bag.close()
