@@ -13,57 +13,26 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from data.embodiment import load_embodiment  # noqa: E402
-from data.store import DemoStore  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
-from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
+from handoff_ros.testing import (  # noqa: E402
+    NodeProcess,
+    Probe,
+    fresh_domain_id,
+    nodes,
+    train_tiny_checkpoint,
+)
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 FORWARD = "/forward_position_controller/commands"
 TRAJECTORY = "/arm_controller/joint_trajectory"
-# the sim Panda's initial pose in the lift scene (robosuite's init_qpos), rad
-HOME = np.array([0.0, 0.19, 0.01, -2.6, -0.01, 2.95, 0.81], np.float32)
 OFFSET = 0.3  # the demonstrations command joint 1 this far from where it is
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny ACT trained for 10 steps on demonstrations that push joint 1 by +0.3 rad."""
-    from policies.train import main
-
-    root = tmp_path_factory.mktemp("ckpt")
-    spec = load_embodiment("sim_panda").with_cameras([], None)
-    store = DemoStore.create(root / "demo.zarr", spec)
-    rng = np.random.default_rng(0)
-    for e in range(3):
-        q = HOME + rng.normal(0, 0.02, (30, 7)).astype(np.float32)
-        action = np.concatenate([q, np.ones((30, 1), np.float32)], 1)
-        action[:, 0] += OFFSET
-        store.append_episode(
-            {"joint_pos": q, "joint_vel": np.zeros_like(q), "action": action},
-            task="lift",
-            source="scripted",
-            success=True,
-            seed=e,
-        )
-    argv = ["--policy", "act", "--data", str(root / "demo.zarr"), "--out", str(root / "run")]
-    argv += ["--steps", "10", "--batch-size", "4", "--device", "cpu", "--no-progress"]
-    tiny = [
-        "policy.dim_model=32",
-        "policy.n_heads=2",
-        "policy.dim_feedforward=64",
-        "policy.n_encoder_layers=1",
-        "policy.n_vae_encoder_layers=1",
-        "policy.horizon=8",
-        "policy.latent_dim=4",
-        "train.save_every=10",
-        "train.warmup_steps=2",
-    ]
-    for s in tiny:
-        argv += ["--set", s]
-    assert main(argv) == 0
-    return root / "run"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), offset=OFFSET)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ its aspect ratio, and a policy using privileged sim state refuses to run with ``
 
 Topics: commands on the controller topic (``forward``: Float64MultiArray, or
 ``joint_trajectory``: one point at ``time_from_start`` = one period) plus the gripper command;
-``~/inference_ms`` (Float64) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
+``~/inference_ms`` (Float64), ``~/obs_age_ms`` (Float64: joint-state stamp -> command
+publish) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
 ``/estop`` (Bool, True latches a hold), ``~/enable`` (SetBool), ``~/clear_estop`` and
 ``~/reset`` (Trigger: new episode, clears the policy's history).
 """
@@ -144,6 +145,7 @@ class PolicyNode(Node):
         self.pub_grip = self.create_publisher(Float64MultiArray, p.gripper_topic, 10)
         self.pub_latency = self.create_publisher(Float64, "~/inference_ms", 10)
         self.pub_chunk = self.create_publisher(JointTrajectory, "~/predicted_chunk", 10)
+        self.pub_obs_age = self.create_publisher(Float64, "~/obs_age_ms", 10)
         self.create_subscription(Bool, p.estop_topic, self.on_estop, 10)
         self.create_service(SetBool, "~/enable", self.srv_enable)
         self.create_service(Trigger, "~/clear_estop", self.srv_clear_estop)
@@ -205,6 +207,7 @@ class PolicyNode(Node):
         if self.mismatch:
             return  # never command an arm the checkpoint was not trained for
         action = self._infer(now)
+        inferred = action is not None
         if action is None:
             action = self.safety.hold_target()
             if action is None:
@@ -213,6 +216,8 @@ class PolicyNode(Node):
         if result.command is None:
             return
         self._publish(result.command)
+        if inferred:  # how old the observation behind this command is, as it goes out
+            self.pub_obs_age.publish(Float64(data=(now_sec(self) - stamp) * 1e3))
 
     def _infer(self, now: float) -> np.ndarray | None:
         """The action for this tick, or None (inference overran or observation incomplete)."""

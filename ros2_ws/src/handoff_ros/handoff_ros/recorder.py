@@ -298,6 +298,7 @@ class RecorderNode(Node):
             "episode_steps": self.rec.steps,
             "episodes_written": self.rec.episodes_written,
             "write_queue_max": self.rec.queue_max,
+            "dropped_steps": self.rec.dropped_steps,
             "skipped_ticks": self.skipped_ticks,
         }
         for name, stream in self.streams.items():
