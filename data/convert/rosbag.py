@@ -34,6 +34,7 @@ from data.convert.rosbag_msgs import (
     SPEC_TOPIC,
     TOPIC_OPTIONS,
     BagTopics,
+    StreamBuffer,
     by_name,
     decode_image,
     header_stamp_ns,
@@ -46,22 +47,6 @@ from data.embodiment import Embodiment
 from data.errors import UserError
 
 NS = 1_000_000_000
-
-
-class _Stream:
-    """Stamps (N,) int64 ns and per-key values (N, D) of one topic."""
-
-    def __init__(self) -> None:
-        self.stamps: list[int] = []
-        self.values: dict[str, list[np.ndarray]] = {}
-
-    def add(self, ns: int, **values: np.ndarray) -> None:
-        self.stamps.append(ns)
-        for k, v in values.items():
-            self.values.setdefault(k, []).append(v)
-
-    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return np.asarray(self.stamps, np.int64), {k: np.stack(v) for k, v in self.values.items()}
 
 
 class RosbagReader:
@@ -144,11 +129,11 @@ class RosbagReader:
 
     def _read_lowdim(self) -> None:
         t = self.topics
-        self.streams: dict[str, _Stream] = {"joint_states": _Stream()}
+        self.streams: dict[str, StreamBuffer] = {"joint_states": StreamBuffer(t.joint_states_topic)}
         for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
-            self.streams[name] = _Stream()
-        for key in self.extras:
-            self.streams[EXTRA_PREFIX + key] = _Stream()
+            self.streams[name] = StreamBuffer(name)
+        for topic in self.extras.values():
+            self.streams[topic] = StreamBuffer(topic)
         self.camera_log: dict[str, list[int]] = {cam: [] for cam in self.camera_conns}
         self._events: list[tuple[int, str, np.ndarray]] = []  # (log ns, part, command values)
         handlers: dict[str, Callable[[Any, int, str], None]] = {
@@ -185,10 +170,10 @@ class RosbagReader:
                 self.camera_log[cam].append(log_ns)
             else:
                 handlers[conn.topic](self._msg(raw, conn), log_ns, conn.topic)
-        if not self.streams["joint_states"].stamps:
+        if not self.streams["joint_states"].n:
             raise UserError(f"{self.path}: {t.joint_states_topic} has no messages")
         self.action = self._commands(self._events)
-        self.data = {name: s.arrays() for name, s in self.streams.items() if s.stamps}
+        self.data = {name: s.arrays() for name, s in self.streams.items() if s.n}
 
     def _on_joint_states(self, msg: Any, log_ns: int, topic: str) -> None:
         joints = list(self.spec.joint_names)

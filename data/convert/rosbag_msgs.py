@@ -1,4 +1,4 @@
-"""ROS message plumbing for the rosbag2 format: topic names, stamps, images, typestore.
+"""ROS message plumbing for the rosbag2 format: topic names, stamps, images, buffers.
 
 Topic defaults are the ROS recorder's (ros2_ws/src/handoff_ros/handoff_ros/recorder.py), so a
 bag recorded around the robot imports into the same steps the recorder would have written.
@@ -179,3 +179,38 @@ def parse_marker(text: Any, path: Path) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
         raise UserError(f"{path}: episode marker {text!r} is not start/end")
     return event
+
+
+class StreamBuffer:
+    """Stamps (N,) int64 ns and per-key values (N, ...) of one topic, kept in arrays that
+    double as they fill: a long bag's 1 kHz joint states stay compact (no object per message).
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.n = topic, 0
+        self._stamps = np.empty(256, np.int64)
+        self._values: dict[str, np.ndarray] = {}
+
+    def add(self, ns: int, **values: Any) -> None:
+        if self.n == len(self._stamps):
+            grow = len(self._stamps)
+            self._stamps = np.concatenate([self._stamps, np.empty(grow, np.int64)])
+            for k, buf in self._values.items():
+                self._values[k] = np.concatenate([buf, np.empty_like(buf[:grow])])
+        self._stamps[self.n] = ns
+        for k, v in values.items():
+            v = np.asarray(v)
+            buf = self._values.get(k)
+            if buf is None:  # strings (markers) as objects: their lengths differ
+                dtype = object if v.dtype.kind == "U" else v.dtype
+                buf = self._values[k] = np.empty((len(self._stamps), *v.shape), dtype)
+            if buf.shape[1:] != v.shape:
+                raise UserError(
+                    f"{self.topic}: message size changed from {buf.shape[1:]} to {v.shape}"
+                )
+            buf[self.n] = v
+        self.n += 1
+
+    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n = self.n
+        return self._stamps[:n].copy(), {k: v[:n].copy() for k, v in self._values.items()}
