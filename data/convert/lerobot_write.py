@@ -75,7 +75,10 @@ class LeRobotWriter:
         crf: int = DEFAULT_CRF,
         task: str | None = None,
     ) -> None:
-        self.fps = float(fps or (embodiment.control_hz if embodiment else 0) or 0)
+        # --fps, else the control rate, else a source that has a frame rate (LeRobot)
+        self.fps = float(
+            fps or (embodiment.control_hz if embodiment else 0) or getattr(reader, "fps", 0)
+        )
         if self.fps <= 0:
             raise UserError("writing LeRobot needs a frame rate: pass --fps or --embodiment")
         self.path, self.tmp = path, staging_dir(path)
