@@ -196,6 +196,15 @@ def test_read_lerobot_v21(tmp_path):
     assert item["obs"]["top"].shape == (2, 32, 48, 3) and item["action"].shape == (4, 6)
     assert bool(item["action_is_pad"][-1])  # last window runs past the episode end
 
+    # and back out as v3: low-dim bit-exact, frames re-encoded within the stated PSNR
+    convert(tmp_path / "s.zarr", tmp_path / "v3", "handoff", "lerobot", progress=False, fps=10)
+    convert(tmp_path / "v3", tmp_path / "t.zarr", "lerobot", "handoff", progress=False)
+    again = DemoStore.open(tmp_path / "t.zarr")
+    assert_lowdim_equal(store, again, ["state", "action", "reward", "timestamp"])
+    for i, (_, _, imgs) in enumerate(truth):
+        assert psnr(imgs, again.episode(i)["top"]) > MIN_PSNR_DB
+    assert again.episode_meta(1) == store.episode_meta(1)
+
 
 def test_not_lerobot_gets_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
