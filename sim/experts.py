@@ -22,7 +22,7 @@ import numpy as np
 
 from data.embodiment import load_embodiment
 from data.registry import Registry
-from sim.kinematics import DiffIK, quat_xyzw_to_mat, rot_z, wrap, yaw_of
+from sim.kinematics import DiffIK, quat_xyzw_to_mat, rot_z, rotvec, wrap, yaw_of
 from sim.tasks import SimTask, get_task
 
 OPEN, CLOSED = -1.0, 1.0
@@ -151,9 +151,13 @@ class ScriptedExpert:
         self._steps_on_wp += 1
         if self._steps_on_wp > WAYPOINT_TIMEOUT:
             return True
-        cmd_pos, _ = self.arm.fk_matrix(self.q_cmd)
+        cmd_pos, cmd_mat = self.arm.fk_matrix(self.q_cmd)
         real = self.obs["eef_pos"].astype(np.float64)
-        arrived = np.linalg.norm(cmd_pos - wp.pos) < 2e-3 and np.linalg.norm(real - wp.pos) < wp.tol
+        arrived = (
+            np.linalg.norm(cmd_pos - wp.pos) < 2e-3
+            and np.linalg.norm(rotvec(wp.mat @ cmd_mat.T)) < 0.03  # rad: the wrist has turned
+            and np.linalg.norm(real - wp.pos) < wp.tol
+        )
         if arrived:
             self._dwelt += 1
         return arrived and self._dwelt > wp.dwell
@@ -175,11 +179,16 @@ def _pick(
     offset: np.ndarray,
     xy_noise: float = 0.004,
     across: bool = False,
+    rotation: np.ndarray | None = None,
 ) -> Plan:
     """Hover over object ``index``, descend, close; ``offset`` is the grasp point in the
     object's frame. Leaves the object grasped at the grasp height."""
     pos, mat = ex.object_pose(index)
-    R = ex.grasp_rotation(mat, symmetry, noise=np.deg2rad(4), across=across)
+    R = (
+        rotation
+        if rotation is not None
+        else ex.grasp_rotation(mat, symmetry, np.deg2rad(4), across)
+    )
     grasp = pos + mat @ offset + np.array([0.0, 0.0, grasp_dz])
     grasp[:2] += ex.rng.uniform(-xy_noise, xy_noise, size=2)
     hover = grasp + np.array([0.0, 0.0, ex.uniform(0.08, 0.14)])
@@ -272,26 +281,39 @@ def stack_plan(ex: ScriptedExpert) -> Plan:
 
 @EXPERTS.register("square")
 def square_plan(ex: ScriptedExpert) -> Plan:
-    # grasp the handle across its 3.2 cm width: robosuite's SquareNut handle (geom g4) is a
-    # 5 x 3.2 x 2 cm box centred 0.054 m along the nut's x axis
-    handle = np.array([0.054, 0.0, 0.0])
-    yield from _pick(ex, 0, np.pi, ex.uniform(0.0, 0.004), handle, xy_noise=0.003, across=True)
     peg, peg_mat = ex.arm.body_pose("peg1")
     nut_pos, nut_mat = ex.object_pose(0)
-    rel = _relative(ex, 0)
+    # The square hole fits the peg every 90 degrees. Of the four nut headings, take the one
+    # whose handle points from the peg back toward the robot: the peg is near the edge of the
+    # Panda's reach, and the gripper holds the handle.
+    toward_robot = np.arctan2(-peg[1], -peg[0])
+    base_yaw = yaw_of(nut_mat) + wrap(yaw_of(peg_mat) - yaw_of(nut_mat), np.pi / 2)
+    final_yaw = toward_robot - wrap(toward_robot - base_yaw, np.pi / 2)  # on base_yaw's lattice
+    turn = wrap(final_yaw - yaw_of(nut_mat))  # the nut's (and the wrist's) turn while carrying
+    # Grasp the handle across its 3.2 cm width (robosuite's SquareNut handle, geom g4, is a
+    # 5 x 3.2 x 2 cm box centred 0.054 m along the nut's x axis). The two finger orientations
+    # differ by pi; take the one that keeps joint 7 (the wrist, +-2.9 rad) furthest from its
+    # limits through both the grasp and the carry. The gripper's heading is q1 - q7 (joint 7
+    # turns about the downward tool axis), so the wrist's share of a turn is the heading
+    # change minus what the base joint already turns toward the new position.
+    down = ex.home_mat
+    heading = [np.arctan2(p[1], p[0]) for p in (ex.home_pos, nut_pos, peg)]
+    q7 = ex.q_cmd[6]
+    lo, hi = ex.embodiment.position_lower[6], ex.embodiment.position_upper[6]
+
+    def wrist_margin(g: float) -> float:
+        at_grasp = q7 + (heading[1] - heading[0]) - g
+        at_place = at_grasp + (heading[2] - heading[1]) - turn
+        return min(at_grasp - lo, hi - at_grasp, at_place - lo, hi - at_place)
+
+    first = wrap(yaw_of(nut_mat) + np.pi / 2 - yaw_of(down), np.pi)
+    grasp = max((first, wrap(first + np.pi)), key=wrist_margin)
+    R = rot_z(grasp + ex.uniform(-0.05, 0.05)) @ down
+    handle = np.array([0.054, 0.0, 0.0])
+    yield from _pick(ex, 0, 0.0, ex.uniform(0.0, 0.004), handle, xy_noise=0.003, rotation=R)
     target = peg.copy()
     target[2] = nut_pos[2]  # nut resting height on the table
-    # the square hole fits the peg every 90 degrees; of the four, take the one whose handle
-    # (and so the gripper) ends nearest the robot: the far ones are beyond the Panda's reach
-    base_yaw = yaw_of(nut_mat) + wrap(yaw_of(peg_mat) - yaw_of(nut_mat), np.pi / 2)
-    candidates = [base_yaw + k * np.pi / 2 for k in range(4)]
-
-    def cost(yaw: float) -> float:
-        grip, _ = _gripper_for(target, _flat(nut_mat, yaw), rel)
-        return float(np.linalg.norm(grip[:2])) + 0.03 * abs(wrap(yaw - yaw_of(nut_mat)))
-
-    yaw = min(candidates, key=cost)
-    yield from _place(ex, 0, target, _flat(nut_mat, yaw), 0.14, 0.035)
+    yield from _place(ex, 0, target, _flat(nut_mat, final_yaw), 0.14, 0.035)
 
 
 def run_episode(

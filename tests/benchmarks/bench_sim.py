@@ -1,0 +1,110 @@
+"""Simulation throughput: control steps/s, parallel evaluation speed-up, scripted collection.
+
+Prints one JSON line. Comparisons are measured in the same run (machines are noisy):
+
+- control steps/s of one ``lift`` task (one worker), without cameras and with two 84x84
+  cameras (agentview + wrist), each observation included; the ratio is the cost of rendering;
+- evaluation throughput of the scripted expert on ``lift`` with 1 and 2 worker processes
+  (control steps/s over the rollouts, worker start-up excluded, which ``wall_s`` includes):
+  the speed-up (target >= 1.6x on 2 cores);
+- scripted collection of 100 ``lift`` demonstrations without cameras, 2 workers, into a fresh
+  store (target < 3 minutes), and its steps/s against the plain control rate above.
+
+    python tests/benchmarks/bench_sim.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sim.collect import collect
+from sim.evaluate import evaluate_policy
+from sim.experts import ScriptedExpert
+from sim.tasks import make_task
+
+
+def control_rate(cameras: tuple[str, ...], steps: int) -> float:
+    """Control steps/s of lift with ``cameras`` at 84x84, joint targets wandering +-0.3 rad."""
+    with make_task("lift", cameras=cameras, image_size=(84, 84)) as task:
+        task.reset(seed=0)
+        q0 = task.arm.joint_positions()
+        rng = np.random.default_rng(0)
+        actions = [np.r_[q0 + rng.uniform(-0.3, 0.3, 7), rng.uniform(-1, 1)] for _ in range(steps)]
+        task.step(actions[0])  # first render builds the GL context
+        t0 = time.perf_counter()
+        for a in actions:
+            task.step(a)
+        return steps / (time.perf_counter() - t0)
+
+
+def eval_rate(workers: int, episodes: int) -> dict:
+    report = evaluate_policy(
+        functools.partial(ScriptedExpert, "lift"), "lift", episodes, workers=workers, progress=False
+    )
+    return {
+        "steps_per_s": report["steps_per_s"],
+        "wall_s": report["wall_s"],
+        "success_rate": report["success_rate"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    a = p.parse_args()
+    steps = 100 if a.quick else 400
+    cam_steps = 20 if a.quick else 100
+    eval_episodes = 4 if a.quick else 16
+    demos = 10 if a.quick else 100
+
+    no_cam = control_rate((), steps)
+    two_cam = control_rate(("agentview", "wrist"), cam_steps)
+    one = eval_rate(1, eval_episodes)
+    two = eval_rate(2, eval_episodes)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = collect("lift", demos, Path(tmp) / "lift.zarr", workers=2, seed=0, progress=False)
+        collect_s = time.perf_counter() - t0
+        from data.store import DemoStore
+
+        collected_steps = DemoStore.open(Path(tmp) / "lift.zarr").n_steps
+    print(
+        json.dumps(
+            {
+                "bench": "sim",
+                "quick": a.quick,
+                "control_steps_per_s": {
+                    "no_cameras": round(no_cam, 1),
+                    "two_cameras_84": round(two_cam, 1),
+                    "camera_cost_x": round(no_cam / two_cam, 2),
+                },
+                "eval_lift_expert": {
+                    "episodes": eval_episodes,
+                    "workers_1": one,
+                    "workers_2": two,
+                    "speedup_2_workers": round(two["steps_per_s"] / one["steps_per_s"], 2),
+                },
+                "collect_lift": {
+                    "demos": demos,
+                    "workers": 2,
+                    "seconds": round(collect_s, 1),
+                    "tried": summary["tried"],
+                    "steps": collected_steps,
+                    "steps_per_s": round(collected_steps / collect_s, 1),
+                    "vs_plain_control_rate": round(collected_steps / collect_s / no_cam, 2),
+                    "target_s": 180,
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
