@@ -80,6 +80,27 @@ def test_camera_missing_device_reports_and_keeps_running(tmp_path):
         assert cam.alive()
 
 
+def test_camera_source_that_appears_later_is_picked_up(tmp_path):
+    """The replug path: a source that is missing at start streams once it appears."""
+    clip = tmp_path / "later.avi"
+    dom = fresh_domain_id()
+    params = {"source": str(clip), "width": 64, "height": 48, "fps": 20.0, "reconnect_s": 0.2}
+    cam = NodeProcess("camera", dom, params, tmp_path)
+    with nodes(cam), Probe(dom) as probe:
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        probe.subscribe(Image, "/image_raw", qos_profile_sensor_data)
+        down = probe.spin_until(
+            lambda: probe.diagnostic_values("/camera").get("frames_read") == "0", 30
+        )
+        assert down, cam.log()
+        write_clip(clip)
+        assert probe.spin_until(lambda: len(probe.msgs["/image_raw"]) >= 5, 30), cam.log()
+        assert probe.spin_until(
+            lambda: level_value(probe.msgs["/diagnostics"][-1][1].status[0].level) == 0, 5
+        )
+        assert from_image_msg(probe.msgs["/image_raw"][-1][1]).shape == (48, 64, 3)
+
+
 def test_camera_bad_parameter_exits_2(tmp_path):
     dom = fresh_domain_id()
     cam = NodeProcess("camera", dom, {"encoding": "yuv422"}, tmp_path)

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -44,7 +43,8 @@ class CaptureThread:
         self.clock = clock
         self.reconnect_s = reconnect_s
         self.loop = loop
-        self.is_file = Path(source).is_file() and not source.startswith("/dev/")
+        # a path outside /dev is a video file even before it exists (it may appear later)
+        self.is_file = not source.isdigit() and not source.startswith("/dev/")
         self.connected = False
         self.error = ""
         self.reconnects = 0
