@@ -10,7 +10,7 @@ pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
-from std_srvs.srv import SetBool  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from handoff_ros.rosutil import level_value  # noqa: E402
@@ -89,8 +89,13 @@ def test_real_arm_policy_waits_for_enable_and_latches_the_estop(sim, checkpoint)
         assert ready, policy.log()
         probe.spin_for(1.0)
         assert not probe.msgs[TRAJECTORY]  # the enable gate: nothing until a person enables
+        assert probe.call(Trigger, "/sim_arm/reset", Trigger.Request()).success  # arm home
+        probe.spin_for(0.3)
         assert probe.call(SetBool, "/policy/enable", SetBool.Request(data=True)).success
+        q0 = np.array(probe.msgs["/joint_states"][-1][1].position[:7])
         assert probe.spin_until(lambda: len(probe.msgs[TRAJECTORY]) >= 20, 30), policy.log()
+        q1 = np.array(probe.msgs["/joint_states"][-1][1].position[:7])
+        assert q1[0] - q0[0] > 0.03  # the sim arm follows the interpolated trajectory
         msg = probe.msgs[TRAJECTORY][-1][1]
         assert len(msg.points) == 1 and msg.points[0].time_from_start.nanosec == 50_000_000
         estop.publish(Bool(data=True))

@@ -101,6 +101,10 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
             lambda: probe.diagnostic_values("/recorder").get("episodes_written") == "3", 10
         )
         assert written, rec.log()
+        diag = probe.diagnostic_values("/recorder")  # per-topic rate, latency and drops
+        assert 15 < float(diag["joint_states.rate_hz"]) < 25, diag
+        assert float(diag["joint_states.latency_ms_p50"]) < 100, diag
+        assert int(diag["joint_states.dropped"]) >= 0 and int(diag["agentview.received"]) > 10
         # a fourth episode, killed mid-way: it must vanish, the three before stay intact
         probe.call(Trigger, "/recorder/start", Trigger.Request())
         teleop_for(probe, pubs, latest_q(probe), 1.0, phase=0)
