@@ -131,7 +131,8 @@ def main() -> None:
         out["peak_growth_mb"][name] = round(r["peak_rss_mb"] - half[name]["peak_rss_mb"], 1)
     worst = max(out["peak_growth_mb"].values())
     out["max_growth_vs_added_raw"] = round(worst / (raw_mb - half_mb), 2)
-    out["targets"] = {"max_growth_vs_added_raw": "<= 0.5"}
+    # --quick (2 vs 4 short episodes) is a smoke run: allocator warm-up swamps the growth
+    out["targets"] = {} if args.quick else {"max_growth_vs_added_raw": "<= 0.5"}
     print(json.dumps(out))
 
 
