@@ -186,10 +186,10 @@ def compute_stats(
             ]
             frames = FrameIO(arr, f"data/{key}").frames(pick).astype(np.float32) / 255.0
             flat = frames.reshape(-1, frames.shape[-1])
-            acc = _Moments(flat.shape[-1])
+            acc = Moments(flat.shape[-1])
             acc.add(flat)
         else:
-            acc = _Moments(int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
+            acc = Moments(int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
             for r in ranges:
                 for start in range(r.start, r.stop, STATS_BLOCK_ROWS):
                     block = np.asarray(arr[start : min(r.stop, start + STATS_BLOCK_ROWS)])
@@ -198,7 +198,7 @@ def compute_stats(
     return out
 
 
-class _Moments:
+class Moments:
     """Streaming min/max/mean/std (float64 sums)."""
 
     def __init__(self, dim: int) -> None:

@@ -118,6 +118,7 @@ class DemoStore:
         self.path = path
         self.read_only = read_only
         self.zarr_format = zarr_format
+        self._arrays: dict[str, zarr.Array] | None = None
         self._ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
         self._episode_meta: list[dict[str, Any]] = list(
             root["meta"].attrs.get("episodes", []) if zarr_format == 3 else []
@@ -234,8 +235,10 @@ class DemoStore:
 
     @property
     def data(self) -> dict[str, zarr.Array]:
-        group = self.root["data"]
-        return {name: arr for name, arr in group.arrays()}
+        """The arrays under data/, by key (opened once: listing them is slow on zarr 3)."""
+        if self._arrays is None:
+            self._arrays = dict(self.root["data"].arrays())
+        return dict(self._arrays)
 
     @property
     def keys(self) -> list[str]:
@@ -335,6 +338,11 @@ class DemoStore:
                 f"{self.path}: key {key!r} is new; every episode must have the "
                 f"same keys ({sorted(data)})"
             )
+        arr = self._create_array(key, sample)
+        self._arrays[key] = arr
+        return arr
+
+    def _create_array(self, key: str, sample: np.ndarray) -> zarr.Array:
         group = self.root["data"]
         if is_image_array(sample):
             # one frame per chunk, so random access decodes only the frames a sample needs,

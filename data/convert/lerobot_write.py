@@ -33,7 +33,7 @@ from data.convert.lerobot import (
     TIMESTAMP_COLUMN,
 )
 from data.convert.video import DEFAULT_CRF, VideoEncoder, pick_codec
-from data.dataset import _Moments
+from data.dataset import Moments
 from data.embodiment import Embodiment
 from data.errors import UserError
 
@@ -100,7 +100,7 @@ class LeRobotWriter:
         self.layout: dict[str, Any] | None = None
         self.tasks: dict[str, int] = {}
         self.rows: list[dict[str, Any]] = []
-        self.stats: dict[str, _Moments] = {}
+        self.stats: dict[str, Moments] = {}
         self.n_frames = 0
         self.data_pos, self.data_writer = _Rotating(DATA_FILE_MB), None
         self.video_pos: dict[str, _Rotating] = {}
@@ -165,7 +165,7 @@ class LeRobotWriter:
         self.data_writer.write_table(table)
         for name, v in cols.items():
             if name not in ("episode_index", "index", "task_index", TIMESTAMP_COLUMN):
-                self.stats.setdefault(name, _Moments(v.reshape(T, -1).shape[1])).add(
+                self.stats.setdefault(name, Moments(v.reshape(T, -1).shape[1])).add(
                     v.reshape(T, -1).astype(np.float64)
                 )
         row: dict[str, Any] = {
@@ -244,7 +244,7 @@ class LeRobotWriter:
     def _image_stats(self, key: str, frames: np.ndarray) -> None:
         step = max(1, len(frames) // IMAGE_STATS_FRAMES)
         pixels = frames[::step].reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
-        self.stats.setdefault(key, _Moments(frames.shape[-1])).add(pixels)
+        self.stats.setdefault(key, Moments(frames.shape[-1])).add(pixels)
 
     # ---- finishing -------------------------------------------------------------------------
 
