@@ -322,13 +322,21 @@ def _reseed_samplers(sampler: object, rng: np.random.Generator) -> None:
         _reseed_samplers(sub, rng)
 
 
+def _errors_only(record: object) -> bool:
+    return record.levelno >= 40  # logging.ERROR
+
+
 def _make_env(task: TaskDef, spec: Embodiment) -> object:
     import logging
 
+    # robosuite logs set-up chatter at import (private macro file, optional robot models, mink
+    # IK) and on every env build; none of it concerns handoff's users. Errors still show.
+    logger = logging.getLogger("robosuite_logs")
+    if _errors_only not in logger.filters:
+        logger.addFilter(_errors_only)
     import robosuite
     from robosuite.controllers import load_composite_controller_config
 
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     controller = load_composite_controller_config(controller="BASIC", robot="Panda")
     env = robosuite.make(
         task.env_name,

@@ -225,21 +225,28 @@ def _place(
     ex: ScriptedExpert,
     index: int,
     target: np.ndarray,
-    target_yaw_mat: np.ndarray,
+    target_mat: np.ndarray | float,
     carry_height: float,
     release_height: float,
 ) -> Plan:
     """Carry the grasped object over ``target`` (its desired position), lower it to
-    ``release_height`` above the target, open, and retreat upward."""
+    ``release_height`` above the target, open, and retreat upward.
+
+    ``target_mat`` is the object's desired rotation, or for a round object a float: the yaw
+    to turn the gripper by (its tilt in the fingers then does not matter).
+    """
     pos, R_now = ex.eef()
     lift_to = pos.copy()
     lift_to[2] = max(pos[2], target[2] + carry_height)
     yield Waypoint(lift_to, R_now, CLOSED, speed=ex.uniform(0.2, 0.3), tol=0.03, dwell=2)
     rel = _relative(ex, index)  # measured once lifted: the object settles in the fingers
+    if isinstance(target_mat, float):
+        _, R_g = ex.eef()
+        target_mat = rot_z(target_mat) @ R_g @ rel[1]
     above_obj = target + np.array([0.0, 0.0, carry_height])
-    above, R = _gripper_for(above_obj, target_yaw_mat, rel)
+    above, R = _gripper_for(above_obj, target_mat, rel)
     yield Waypoint(above, R, CLOSED, speed=ex.uniform(0.2, 0.3), tol=0.01, dwell=3)
-    down, _ = _gripper_for(target + np.array([0.0, 0.0, release_height]), target_yaw_mat, rel)
+    down, _ = _gripper_for(target + np.array([0.0, 0.0, release_height]), target_mat, rel)
     yield Waypoint(down, R, CLOSED, speed=ex.uniform(0.08, 0.12), tol=0.006, dwell=3)
     yield Waypoint(down, R, OPEN, speed=0.05, tol=0.02, dwell=int(ex.rng.integers(5, 8)))
     retreat = down + np.array([0.0, 0.0, 0.12])
@@ -263,9 +270,9 @@ def can_plan(ex: ScriptedExpert) -> Plan:
     corner[:2] += margin + ex.rng.uniform(0.0, 0.03, size=2)
     target = ex.arm.to_base(corner) + np.array([0.0, 0.0, 0.06])  # can centre when resting
     # the can is round: turn it with the base joint instead of winding the wrist to its limit
-    pos, mat = ex.object_pose(0)
-    swing = np.arctan2(target[1], target[0]) - np.arctan2(pos[1], pos[0])
-    yield from _place(ex, 0, target, rot_z(swing) @ mat, 0.16, 0.03)
+    pos, _ = ex.object_pose(0)
+    swing = float(np.arctan2(target[1], target[0]) - np.arctan2(pos[1], pos[0]))
+    yield from _place(ex, 0, target, swing, 0.16, 0.03)
 
 
 @EXPERTS.register("stack")

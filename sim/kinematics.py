@@ -85,20 +85,13 @@ class DiffIK:
     def _solve(self, q: np.ndarray, err: np.ndarray) -> np.ndarray:
         """dq (n,) that realises the 6-vector ``err`` = (dp, drot) at q."""
         J = self.arm.jacobian(q)  # (6, n)
-        # A = J J^T + lambda^2 I is symmetric positive definite: MuJoCo's small Cholesky
-        # solver beats LAPACK here (numpy's solve goes through a multi-threaded BLAS that
-        # spins when the cores are busy: 9 ms vs a few microseconds for a 6x6 system)
-        A = J @ J.T + self.damping**2 * np.eye(6)
-        mujoco.mju_cholFactor(A, 0.0)
-        J_pinv = np.empty((len(q), 6))  # damped pseudo-inverse J^T A^-1, (n, 6)
-        col = np.empty(6)
-        for i in range(len(q)):
-            mujoco.mju_cholSolve(col, A, np.ascontiguousarray(J[:, i]))
-            J_pinv[i] = col
         if self.posture is None:
             self.posture = q.copy()
-        null = np.eye(len(q)) - J_pinv @ J
-        return J_pinv @ err + null @ (self.posture_gain * (self.posture - q))
+        # The null-space projector needs a (nearly) exact pseudo-inverse: a damped one leaks
+        # the posture pull into the task and leaves a few mm of steady error at full reach.
+        null = np.eye(len(q)) - _damped_pinv(J, 1e-3) @ J
+        step = _damped_pinv(J, self.damping) @ err
+        return step + null @ (self.posture_gain * (self.posture - q))
 
     def _limit(self, q: np.ndarray, dq: np.ndarray) -> np.ndarray:
         spec = self.arm.embodiment
@@ -138,6 +131,23 @@ class DiffIK:
         """Joint targets after applying a base-frame twist (6,) = (v m/s, w rad/s) for one step."""
         err = np.asarray(twist, dtype=np.float64) * self.arm.embodiment.dt
         return self._limit(q, self._solve(q, err))
+
+
+def _damped_pinv(J: np.ndarray, damping: float) -> np.ndarray:
+    """J^T (J J^T + damping^2 I)^-1, (n, 6).
+
+    The 6x6 system is symmetric positive definite: MuJoCo's small Cholesky solver beats
+    LAPACK here (numpy's solve goes through a multi-threaded BLAS that spins when the cores
+    are busy: 9 ms against microseconds).
+    """
+    A = J @ J.T + damping**2 * np.eye(J.shape[0])
+    mujoco.mju_cholFactor(A, 0.0)
+    out = np.empty((J.shape[1], J.shape[0]))
+    col = np.empty(J.shape[0])
+    for i in range(J.shape[1]):
+        mujoco.mju_cholSolve(col, A, np.ascontiguousarray(J[:, i]))
+        out[i] = col
+    return out
 
 
 def _exp(rv: np.ndarray) -> np.ndarray:
