@@ -74,6 +74,18 @@ def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, check
         assert probe.msgs["/policy/inference_ms"] and probe.msgs["/policy/predicted_chunk"]
         chunk = probe.msgs["/policy/predicted_chunk"][-1][1]
         assert len(chunk.points) == 8 and len(chunk.joint_names) == 7  # Tp = horizon 8
+        # a teleop operator engages: the policy yields the arm, and resumes after release
+        engaged = probe.node.create_publisher(Bool, "/teleop/engaged", 10)
+        for _ in range(3):
+            engaged.publish(Bool(data=True))
+            probe.spin_for(0.05)
+        n = len(probe.msgs[FORWARD])
+        for _ in range(20):
+            engaged.publish(Bool(data=True))
+            probe.spin_for(0.05)
+        assert len(probe.msgs[FORWARD]) <= n + 1
+        probe.spin_for(1.0)
+        assert len(probe.msgs[FORWARD]) > n + 5
         assert policy.alive()
 
 

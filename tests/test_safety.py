@@ -197,3 +197,13 @@ def test_fuzz_no_command_ever_leaves_the_limits():
             prev = r.command
             n_sent += 1
     assert n_sent > 1000
+
+
+def test_reanchor_bounds_the_next_step_from_the_measured_joints():
+    f = make(max_step_delta=0.05)
+    f.filter(np.append(HOME + 0.04, 0.0), DT)
+    moved = HOME + 0.5  # an operator moved the arm meanwhile
+    f.observe(moved, 2 * DT)
+    f.reanchor()
+    r = f.filter(np.append(moved, 0.0), 2 * DT)
+    np.testing.assert_allclose(r.command[:7], moved)  # no jump back toward the old target

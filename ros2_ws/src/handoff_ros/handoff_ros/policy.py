@@ -16,7 +16,9 @@ Topics: commands on the controller topic (``forward``: Float64MultiArray, or
 ``~/inference_ms`` (Float64), ``~/obs_age_ms`` (Float64: joint-state stamp -> command
 publish) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
 ``/estop`` (Bool, True latches a hold), ``~/enable`` (SetBool), ``~/clear_estop`` and
-``~/reset`` (Trigger: new episode, clears the policy's history).
+``~/reset`` (Trigger: new episode, clears the policy's history). While a teleop operator is
+engaged (``/teleop/engaged``) the policy sends nothing: the human has the arm, and the
+recorder marks those steps as interventions; after release it resumes from the measured joints.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class PolicyParams:
     )
     gripper_topic: str = param("/gripper_controller/commands", "gripper command topic")
     estop_topic: str = param("/estop", "std_msgs/Bool; True latches a hold until ~/clear_estop")
+    engaged_topic: str = param(
+        "/teleop/engaged", "teleop engaged flag: the policy yields the arm while a human drives"
+    )
     max_step_delta: float = param(0.05, "safety: max joint target change per tick, rad")
     velocity_scale: float = param(0.5, "safety: fraction of the spec's velocity limits")
     limit_margin: float = param(0.0, "safety: shrink the spec's position limits by this, rad")
@@ -147,13 +152,16 @@ class PolicyNode(Node):
         self.pub_chunk = self.create_publisher(JointTrajectory, "~/predicted_chunk", 10)
         self.pub_obs_age = self.create_publisher(Float64, "~/obs_age_ms", 10)
         self.create_subscription(Bool, p.estop_topic, self.on_estop, 10)
+        self.create_subscription(Bool, p.engaged_topic, self.on_engaged, 10)
+        self.operator_time = -np.inf  # last time a teleop operator was engaged
+        self.yielding = False
         self.create_service(SetBool, "~/enable", self.srv_enable)
         self.create_service(Trigger, "~/clear_estop", self.srv_clear_estop)
         self.create_service(Trigger, "~/reset", self.srv_reset)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.pending: Future | None = None
         self.mismatch = ""
-        self.ticks = self.sent = self.overruns = 0
+        self.ticks = self.sent = self.overruns = self.yielded = 0
         self.inference_ms: list[float] = []
         self.timer = self.create_timer(self.dt, self.tick)
         self.get_logger().info(
@@ -206,6 +214,15 @@ class PolicyNode(Node):
         self.mismatch = self.check_live_arm()
         if self.mismatch:
             return  # never command an arm the checkpoint was not trained for
+        if now - self.operator_time < 0.5:  # 0.5 s: the teleop deadman's timeout
+            self.yielded += 1
+            self.yielding = True
+            return  # a human intervention: the teleop node commands the arm, not the policy
+        if self.yielding:  # the operator let go: start afresh from where they left the arm
+            self.yielding = False
+            self.safety.reanchor()
+            if self.pending is None:
+                self.policy.reset()
         action = self._infer(now)
         inferred = action is not None
         if action is None:
@@ -260,6 +277,10 @@ class PolicyNode(Node):
 
     # ---- operator interface ----------------------------------------------------------------
 
+    def on_engaged(self, msg: Bool) -> None:
+        if msg.data:
+            self.operator_time = now_sec(self)
+
     def on_estop(self, msg: Bool) -> None:
         if msg.data:
             self.safety.estop(f"{self.p.estop_topic} pressed")
@@ -294,6 +315,7 @@ class PolicyNode(Node):
             "ticks": self.ticks,
             "commands_sent": self.sent,
             "inference_overruns": self.overruns,
+            "yielded_to_operator": self.yielded,
             "inference_ms_p50": round(float(np.percentile(ms, 50)), 2),
             "inference_ms_p99": round(float(np.percentile(ms, 99)), 2),
             "waiting_for": ",".join(self.obs.missing()),

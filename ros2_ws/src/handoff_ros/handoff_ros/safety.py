@@ -135,6 +135,11 @@ class SafetyFilter:
             self._last = None  # the next enable starts again from the measured position
         return True, "enabled" if enabled else "disabled"
 
+    def reanchor(self) -> None:
+        """Forget the last command: the next step is bounded from the measured joints (after
+        someone else, e.g. a teleop operator, moved the arm)."""
+        self._last = None
+
     def estop(self, reason: str = "e-stop") -> None:
         """Latch a hold; only :meth:`clear_estop` releases it."""
         if not self.estopped:

@@ -88,6 +88,7 @@ class SimArmNode(Node):
         self.sim_time = self.get_parameter("use_sim_time").value
         self.dt = 1.0 / (p.control_hz or self.spec.control_hz)
         self.sim_t = 0.0
+        self.state_stamp = self.now()  # time of the physics state last stepped (camera stamps)
         self.lock = threading.Lock()  # guards the physics state against the render thread
         self.target = self.arm.last_action.copy()  # (Da,) what the servos track
         self.trajectory: Trajectory | None = None
@@ -248,7 +249,7 @@ class CameraThread:
             with node.lock:
                 data.qpos[:], data.qvel[:] = arm.data.qpos, arm.data.qvel
                 data.mocap_pos[:], data.mocap_quat[:] = arm.data.mocap_pos, arm.data.mocap_quat
-                t = getattr(node, "state_stamp", node.now())
+                t = node.state_stamp
             mujoco.mj_forward(arm.model, data)
             stamp = node.stamp(t)
             for name, (pub_raw, pub_jpeg, pub_info, info) in self.pubs.items():

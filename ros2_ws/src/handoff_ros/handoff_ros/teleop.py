@@ -101,6 +101,7 @@ class TeleopNode(Node):
         self.gripper_range = (g.command_min, g.command_max)
         self.gripper = g.open_command
         self.input = TeleopInput()
+        self.input_time = -np.inf  # when the newest joy message arrived
         self.events: list[str] = []
         self.device = None
         self.ik = None
@@ -186,7 +187,7 @@ class TeleopNode(Node):
             fresh = now - self.leader_time < self.p.leader_timeout_s
             return self.input if fresh else TeleopInput()
         # joy: a pad that stopped publishing (unplugged) must not keep the arm moving
-        fresh = now - getattr(self, "input_time", -np.inf) < 0.5
+        fresh = now - self.input_time < 0.5
         return self.input if fresh else TeleopInput()
 
     # ---- the tick --------------------------------------------------------------------------
