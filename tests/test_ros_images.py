@@ -81,3 +81,12 @@ def test_fit_and_camera_info():
     assert info.k[0] == 500 and info.d[0] == 0.1
     with pytest.raises(ImageError, match="calibration"):
         camera_info(640, 480, {"camera_matrix": {"data": [1, 2]}})
+
+
+def test_compressed_check_is_cheap_and_strict():
+    from handoff_ros.images import check_compressed
+
+    check_compressed(to_compressed_msg(RGB, "jpeg").data)
+    check_compressed(to_compressed_msg(RGB, "png").data)
+    with pytest.raises(ImageError, match="neither"):
+        check_compressed(b"\x00\x00garbage")

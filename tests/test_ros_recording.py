@@ -103,3 +103,25 @@ def test_drops_estimated_from_stamp_gaps():
     assert s.stats.dropped == 3
     summary = s.stats.summary()
     assert abs(summary["latency_ms_p50"] - 2.0) < 0.01 and 25 < summary["rate_hz"] < 31
+
+
+def test_compressed_frames_are_decoded_by_the_writer(tmp_path):
+    from handoff_ros.images import to_compressed_msg
+    from handoff_ros.recording import EncodedFrame
+
+    store, streams, rec = make(tmp_path)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, :16] = (200, 30, 30)  # left half red: survives PNG exactly, and the resize
+    png = to_compressed_msg(frame, "png")
+    rec.start()
+    for k in range(5):
+        t = k * 0.05
+        push_obs(streams, t, float(k))
+        streams["agentview"].push(t, {"agentview": EncodedFrame(png.data, png.format)}, t)
+        rec.tick(t)
+    rec.stop()
+    assert rec.flush() and not rec.write_errors
+    rec.close()
+    stored = DemoStore.open(store.path).episode(0)["agentview"]
+    assert stored.shape == (5, 16, 16, 3)
+    np.testing.assert_array_equal(stored[:, :, :8], np.broadcast_to([200, 30, 30], (5, 16, 8, 3)))

@@ -12,6 +12,7 @@
    plus /joint_states at 100 Hz into the recorder for ``--seconds``: frames the cameras
    published vs frames the recorder received (dropped), recorded steps vs expected, gap steps,
    the recorder's CPU share (1.0 = one core), and whether the store validates.
+   ``--transport compressed`` records the cameras' JPEG topics instead (decoded by the writer).
 
 Targets on a 2-core machine: p99 period error <= 2 ms at 50 Hz; zero dropped frames.
 """
@@ -142,7 +143,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def recorder_headroom(root: Path, seconds: float, logs: Path) -> dict:
+def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) -> dict:
     n_cams, width, height, fps = 3, 640, 480, 30.0
     clip = root / "clip.avi"
     out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
@@ -196,6 +197,7 @@ def recorder_headroom(root: Path, seconds: float, logs: Path) -> dict:
         "sim_task": False,
         "source": "teleop",
         "gripper_joints": "",
+        "image_transport": transport,
         "max_age_s": 0.1,
         "lag_s": 0.2,
     }
@@ -242,6 +244,7 @@ def recorder_headroom(root: Path, seconds: float, logs: Path) -> dict:
     published, received = pub1 - pub0, rec1 - rec0
     return {
         "cameras": f"{n_cams}x{width}x{height}@{fps:g}",
+        "transport": transport,
         "joint_states_hz": 100,
         "seconds": seconds,
         "frames_published": published,
@@ -264,6 +267,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="recorder part duration")
     ap.add_argument("--period-seconds", type=float, default=10.0, help="per control-rate run")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 s + 3 s per rate")
+    ap.add_argument(
+        "--transport", choices=["raw", "compressed"], default="raw", help="recorder images"
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.period_seconds = 10.0, 3.0
@@ -285,7 +291,7 @@ def main() -> None:
         }
         for hz in (10.0, 50.0):
             result[f"control_{hz:g}hz"] = control_loop(checkpoint, hz, args.period_seconds, logs)
-        result["recorder"] = recorder_headroom(root, args.seconds, logs)
+        result["recorder"] = recorder_headroom(root, args.seconds, logs, args.transport)
     print(json.dumps(result))
 
 

@@ -83,9 +83,24 @@ def to_compressed_msg(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 def from_compressed_msg(msg: CompressedImage) -> np.ndarray:
     """CompressedImage (jpeg/png) -> (H, W, 3) uint8 RGB."""
-    frame = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return decode_compressed(msg.data, msg.format)
+
+
+# the first bytes of the formats image_transport's compressed plugin writes
+MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png"}
+
+
+def check_compressed(data: bytes | bytearray | memoryview) -> None:
+    """Cheap check (no decoding) that ``data`` starts like a JPEG or PNG."""
+    if bytes(data[:2]) not in MAGIC:
+        raise ImageError("compressed image is neither JPEG nor PNG (compressedDepth?)")
+
+
+def decode_compressed(data: bytes | bytearray | memoryview, fmt: str = "") -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB."""
+    frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
-        raise ImageError(f"could not decode compressed image (format {msg.format!r})")
+        raise ImageError(f"could not decode compressed image (format {fmt!r})")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 

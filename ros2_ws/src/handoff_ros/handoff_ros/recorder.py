@@ -23,7 +23,7 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -32,8 +32,8 @@ from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
 from data.store import DemoStore
 from handoff_ros.commands import forward_from_msg, trajectory_from_msg
-from handoff_ros.images import ImageError, from_image_msg
-from handoff_ros.recording import EpisodeRecorder, Stream
+from handoff_ros.images import ImageError, check_compressed, from_image_msg
+from handoff_ros.recording import EncodedFrame, EpisodeRecorder, Stream
 from handoff_ros.rosutil import (
     ERROR,
     OK,
@@ -59,6 +59,9 @@ class RecorderParams:
     operator: str = param("", "operator name written to each episode's metadata")
     cameras: str = param("all", "comma-separated spec cameras to record; all; or none")
     camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
+    image_transport: str = param(
+        "raw", "raw (Image) or compressed (<camera_topic>/compressed, decoded by the writer)"
+    )
     image_height: int = param(0, "stored frame height, px; 0: the spec's")
     image_width: int = param(0, "stored frame width, px; 0: the spec's")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
@@ -96,6 +99,8 @@ class RecorderParams:
             raise ValueError("max_age_s must be > 0, lag_s and action_offset_s >= 0")
         if self.action_offset_s > self.lag_s:
             raise ValueError("action_offset_s must not exceed lag_s (the tick would be final)")
+        if self.image_transport not in ("raw", "compressed"):
+            raise ValueError(f"image_transport {self.image_transport!r}: use raw or compressed")
         if "{camera}" not in self.camera_topic:
             raise ValueError("camera_topic must contain {camera}")
 
@@ -137,9 +142,17 @@ class RecorderNode(Node):
         for cam in spec.camera_names:
             self.streams[cam] = Stream(cam, p.max_age_s)
             topic = p.camera_topic.format(camera=cam)
-            self.create_subscription(
-                Image, topic, lambda m, c=cam: self.on_image(c, m), qos_profile_sensor_data
-            )
+            if p.image_transport == "compressed":
+                self.create_subscription(
+                    CompressedImage,
+                    f"{topic}/compressed",
+                    lambda m, c=cam: self.on_compressed(c, m),
+                    qos_profile_sensor_data,
+                )
+            else:
+                self.create_subscription(
+                    Image, topic, lambda m, c=cam: self.on_image(c, m), qos_profile_sensor_data
+                )
         recorded = {"joint_pos", "joint_vel", "gripper_pos", "eef_pos", "eef_quat", "object_state"}
         missing = set(obs) - recorded
         if missing:
@@ -217,6 +230,15 @@ class RecorderNode(Node):
             self.diag.problem(f"{cam}: {e}")
             return
         self.streams[cam].push(stamp_to_sec(msg.header.stamp), {cam: rgb}, now_sec(self))
+
+    def on_compressed(self, cam: str, msg: CompressedImage) -> None:
+        try:
+            check_compressed(msg.data)
+        except ImageError as e:
+            self.diag.problem(f"{cam}: {e}")
+            return
+        frame = EncodedFrame(msg.data, msg.format)
+        self.streams[cam].push(stamp_to_sec(msg.header.stamp), {cam: frame}, now_sec(self))
 
     def _push_command(self) -> None:
         if np.all(np.isfinite(self.command)):

@@ -27,7 +27,15 @@ import numpy as np
 
 from data.align import latest_index
 from data.store import DemoStore
-from handoff_ros.images import fit
+from handoff_ros.images import decode_compressed, fit
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A JPEG/PNG frame as received: only frames that land in a step are ever decoded."""
+
+    data: bytes | bytearray | memoryview
+    format: str = ""
 
 
 @dataclass
@@ -260,7 +268,10 @@ class EpisodeRecorder:
                     writer = self.store.episode_writer()
                 elif kind == "step" and writer is not None:
                     for key, (h, w) in self.image_shapes.items():
-                        payload[key] = fit(payload[key], h, w)
+                        frame = payload[key]
+                        if isinstance(frame, EncodedFrame):  # decoded here, off the callbacks
+                            frame = decode_compressed(frame.data, frame.format)
+                        payload[key] = fit(frame, h, w)
                     writer.add_step(payload)
                 elif kind == "commit" and writer is not None:
                     writer.commit(**payload)
