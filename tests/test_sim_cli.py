@@ -175,3 +175,43 @@ def test_latency_injection_delays_the_actions(collected):
     base = evaluate_policy(policy, "lift", 1, seed=policy.seed, progress=False)
     late = evaluate_policy(policy, "lift", 1, seed=policy.seed, action_latency=2, progress=False)
     assert late["per_episode"][0]["length"] == base["per_episode"][0]["length"] + 2
+
+
+def test_ctrl_c_keeps_finished_episodes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "int.zarr"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "handoff-collect"),
+            "--task",
+            "lift",
+            "--episodes",
+            "50",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until at least two episodes are committed
+        ends = out / "meta" / "episode_ends"
+        if ends.exists():
+            try:
+                if DemoStore.open(out).n_episodes >= 2:
+                    break
+            except UserError:
+                pass
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    store = DemoStore.open(out)
+    assert 2 <= store.n_episodes < 50
+    assert all(store.episode_meta(i)["success"] for i in range(store.n_episodes))
+    assert len(store.episode(store.n_episodes - 1)["action"]) > 10
