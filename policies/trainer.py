@@ -187,6 +187,7 @@ class Trainer:
         self.step = 0
         self.best_success = -1.0
         self.history: list[dict[str, Any]] = []
+        self._progress = False
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
@@ -301,6 +302,7 @@ class Trainer:
         from tqdm import tqdm
 
         c, acc = self.config, self.accelerator
+        self._progress = progress and acc.is_main_process
         writer = None
         if acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
@@ -351,14 +353,14 @@ class Trainer:
                 t0 = t2
                 bar.update(1)
                 if writer and self.step % c.log_every == 0:
-                    writer.add_scalar("train/loss", float(loss), self.step)
+                    writer.add_scalar("train/loss", last_loss, self.step)
                     for k, v in info.items():
                         writer.add_scalar(f"train/{k}", v, self.step)
                     writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
                     writer.add_scalar(
                         "perf/data_wait_fraction", wait / max(1e-9, wait + busy), self.step
                     )
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
                 out_of_time = c.max_minutes and time.perf_counter() - t_start > 60 * c.max_minutes
                 if out_of_time and self.step < stop_at:
                     log.warning(

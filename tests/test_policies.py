@@ -133,6 +133,11 @@ def test_config_combinations_are_validated():
     with pytest.raises(UserError, match="horizon .* must be divisible"):
         make_config("diffusion", {"horizon": 10, "n_action_steps": 4})
     assert make_config("act", {"temporal_ensemble_coeff": 0.01, "n_action_steps": 1})
+    from policies.trainer import TrainConfig
+
+    assert TrainConfig.from_dict({"lr": "1e-3"}).lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(UserError, match="lr = 'fast' must be of type float"):
+        TrainConfig.from_dict({"lr": "fast"})
 
 
 @pytest.mark.parametrize("image", [False, True], ids=["state", "image"])
@@ -304,3 +309,21 @@ def test_damaged_checkpoint_names_the_file(damage, tmp_path):
         f.write_bytes(f.read_bytes()[:40])
     with pytest.raises(UserError, match=target):
         load(ckpt)
+
+
+def test_transformer_denoiser_variant(tmp_path):
+    torch.manual_seed(0)
+    policy = build("diffusion", denoiser="transformer").train()
+    loss, _ = policy(random_batch(policy))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert policy.denoiser.action_pos.grad is not None
+    policy.eval()
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load(tmp_path / "ckpt")
+    assert loaded.config.denoiser == "transformer"
+    obs = {k: torch.zeros(1, 2, d) for k, d in policy.lowdim_dims.items()}
+    torch.manual_seed(1)
+    a = policy.predict_action_chunk(obs)
+    torch.manual_seed(1)
+    assert torch.equal(a, loaded.predict_action_chunk(obs)) and a.shape == (1, 8, 8)

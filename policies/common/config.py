@@ -107,6 +107,11 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(v, int | float) and not isinstance(v, bool):
         return float(v)
+    if hint is float and isinstance(v, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(v)
+        except ValueError:
+            pass
     if hint is int and isinstance(v, int) and not isinstance(v, bool):
         return v
     if hint is bool and isinstance(v, bool):

@@ -31,7 +31,16 @@ def make_scheduler(config: DiffusionConfig, kind: str) -> Any:
     if kind == "ddim":
         # set_alpha_to_one / steps_offset as diffusion_policy's DDIM configs
         return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, steps_offset=0)
-    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    # thresholding with sample_max_value 1 clips the predicted clean sample to the normalised
+    # action range, as clip_sample does for DDPM/DDIM; without it the first solver step, where
+    # alpha is ~0 under the squared-cosine schedule, amplifies the model's error unboundedly
+    return DPMSolverMultistepScheduler(
+        **common,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        thresholding=True,
+        sample_max_value=1.0,
+    )
 
 
 @register_policy("diffusion")
