@@ -73,6 +73,10 @@ class SimArm:
         self._convert_actuators()
         self.substeps = round(self.embodiment.dt / self.model.opt.timestep)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._vis = mujoco.MjvOption()
+        self._vis.geomgroup[0] = (
+            0  # robosuite's collision meshes (group 0): hidden, as robosuite does
+        )
         self._low = np.asarray(self.embodiment.action_low(), dtype=np.float64)
         self._high = np.asarray(self.embodiment.action_high(), dtype=np.float64)
         self.last_action = np.zeros(self.embodiment.action_dim)
@@ -257,7 +261,7 @@ class SimArm:
         if key not in self._renderers:
             self._renderers[key] = _renderer(self.model, *key)
         r = self._renderers[key]
-        r.update_scene(self.data, camera=CAMERAS[name])
+        r.update_scene(self.data, camera=CAMERAS[name], scene_option=self._vis)
         return r.render().copy()
 
     def observation(self) -> dict[str, np.ndarray]:

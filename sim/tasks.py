@@ -17,6 +17,10 @@ import numpy as np
 
 from data.embodiment import Embodiment
 from data.registry import Registry
+from sim._gl import configure_gl
+
+# The GL back-end must be chosen before anything imports mujoco; tasks are the usual entry.
+configure_gl()
 
 if TYPE_CHECKING:
     from sim.arm import SimArm
