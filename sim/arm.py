@@ -4,8 +4,8 @@ robosuite builds the scene (table, objects, randomised placement, success checks
 drives the physics itself so the arm behaves like a ros2_control position controller:
 
 * the seven torque motors of robosuite's Panda become joint-space PD servos inside MuJoCo
-  (``gainprm``/``biasprm``), with gravity compensation on the arm's bodies, so one control step
-  is one C call of ``mj_step`` for all ``substeps`` physics steps (no per-substep Python);
+  (``gainprm``/``biasprm``) plus gravity compensation, so one control step is one C call of
+  ``mj_step`` for all ``substeps`` physics steps (no per-substep Python);
 * the gripper command ``g`` in [-1 open, +1 closed] maps linearly onto the finger position
   servos, the convention of robosuite's Panda gripper.
 
@@ -39,9 +39,9 @@ FINGER_OPEN = np.array([0.04, -0.04])  # ctrlrange ends of robosuite's panda_gri
 # Joint-impedance gains of Franka's own joint_impedance example controller (Nm/rad, Nms/rad);
 # stiff enough that the arm settles on a target within ~0.1 s (tests/test_sim.py checks it).
 KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
-SCENE_SEED = 0
-SETTLE_STEPS = 5  # control steps (0.25 s at 20 Hz): a 6 cm drop takes ~0.11 s
 KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
+SCENE_SEED = 0  # robosuite's model-building seed, fixed: see _make_env
+SETTLE_STEPS = 5  # control steps (0.25 s at 20 Hz): a 6 cm drop takes ~0.11 s
 
 
 class SimArm:
@@ -74,9 +74,7 @@ class SimArm:
         self.substeps = round(self.embodiment.dt / self.model.opt.timestep)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self._vis = mujoco.MjvOption()
-        self._vis.geomgroup[0] = (
-            0  # robosuite's collision meshes (group 0): hidden, as robosuite does
-        )
+        self._vis.geomgroup[0] = 0  # robosuite's collision meshes: hidden, as robosuite does
         self._low = np.asarray(self.embodiment.action_low(), dtype=np.float64)
         self._high = np.asarray(self.embodiment.action_high(), dtype=np.float64)
         self.last_action = np.zeros(self.embodiment.action_dim)
@@ -198,10 +196,13 @@ class SimArm:
         return self._site_pose(self.data)
 
     def _site_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
+        pos, mat = self._site_matrix(data)
+        return pos, mat_to_quat_xyzw(mat)
+
+    def _site_matrix(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
         p0, R0 = self._base(data)
         pos = R0.T @ (data.site_xpos[self.site_id] - p0)
-        mat = R0.T @ data.site_xmat[self.site_id].reshape(3, 3)
-        return pos, mat_to_quat_xyzw(mat)
+        return pos, R0.T @ data.site_xmat[self.site_id].reshape(3, 3)
 
     def body_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(position, 3x3 rotation) of a scene body, base frame."""
@@ -229,11 +230,7 @@ class SimArm:
 
     def fk_matrix(self, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Grip-site (position (3,), rotation (3, 3)) in the base frame at q."""
-        d = self._at(q)
-        p0, R0 = self._base(d)
-        return R0.T @ (d.site_xpos[self.site_id] - p0), R0.T @ d.site_xmat[self.site_id].reshape(
-            3, 3
-        )
+        return self._site_matrix(self._at(q))
 
     def jacobian(self, q: np.ndarray | None = None) -> np.ndarray:
         """Grip-site Jacobian (6, n_joints): rows (v_xyz, w_xyz) in the base frame."""

@@ -44,8 +44,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
 
 def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
     """Cameras the policy consumes; fails naming any embodiment or observation mismatch."""
+    from sim.arm import CAMERAS
+
     problems = task_spec.compatible_with(policy.embodiment)
-    available = set(task_spec.observation) | {"agentview", "wrist"}
+    available = set(task_spec.observation) | set(CAMERAS)
     missing = [k for k in policy.input_keys if k not in available]
     if missing:
         problems.append(f"policy reads {missing}, which task {task!r} does not observe")
@@ -54,7 +56,7 @@ def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
             f"policy embodiment {policy.embodiment.name!r} does not match task {task!r}: "
             + "; ".join(problems)
         )
-    return [k for k in policy.input_keys if k in ("agentview", "wrist")]
+    return [k for k in policy.input_keys if k in CAMERAS]
 
 
 class _Worker:

@@ -7,14 +7,17 @@ and ignore SIGINT, so Ctrl-C reaches only the parent, which keeps what is finish
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 _STATE: dict[str, Any] = {}
+BARRIER_TIMEOUT_S = 600  # a worker whose set-up fails never arrives; the others go on then
 
 
 def limit_threads() -> None:
@@ -24,14 +27,24 @@ def limit_threads() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def _init(setup: Callable[[], Any]) -> None:
+def _init(setup: Callable[[], Any], ready: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads()
-    _STATE["ctx"] = setup()
+    try:
+        _STATE["ctx"] = setup()
+    except Exception as e:  # re-raised by every job, so the parent sees it
+        # (an initializer that raises makes multiprocessing respawn the worker forever)
+        _STATE["error"] = e
     limit_threads()  # the setup may have imported torch
+    # start the jobs together: the first worker up would otherwise take the first jobs alone
+    # while the others still build their scenes, which skews throughput figures
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait(timeout=BARRIER_TIMEOUT_S)
 
 
 def _call(job: tuple[Callable[[Any, Any], Any], Any]) -> Any:
+    if "error" in _STATE:
+        raise _STATE["error"]
     fn, arg = job
     return fn(_STATE["ctx"], arg)
 
@@ -52,7 +65,8 @@ def run_jobs(
         for arg in args:
             yield fn(ctx, arg)
         return
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(setup,))
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init, initargs=(setup, ctx.Barrier(workers)))
     try:
         yield from pool.imap(_call, ((fn, a) for a in args), chunksize=1)
         pool.close()

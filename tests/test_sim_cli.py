@@ -215,3 +215,15 @@ def test_ctrl_c_keeps_finished_episodes(tmp_path):
     assert 2 <= store.n_episodes < 50
     assert all(store.episode_meta(i)["success"] for i in range(store.n_episodes))
     assert len(store.episode(store.n_episodes - 1)["action"]) > 10
+
+
+def _expert_at_10hz() -> ScriptedExpert:
+    policy = ScriptedExpert("lift")
+    policy.embodiment = replace(policy.embodiment, control_hz=10.0)
+    return policy
+
+
+def test_eval_mismatch_in_worker_processes_fails_cleanly():
+    """A set-up error inside a worker reaches the caller (it must not respawn forever)."""
+    with pytest.raises(UserError, match="control rate differs"):
+        evaluate_policy(_expert_at_10hz, "lift", 2, workers=2, progress=False)
