@@ -182,7 +182,7 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
                 "width": width,
                 "height": height,
                 "fps": fps,
-                "publish_compressed": False,
+                "publish_compressed": transport == "compressed",
             },  # fmt: skip
             logs,
             remap={"__ns": f"/cam{i}"},
@@ -218,7 +218,10 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
 
         ready = probe.spin_until(lambda: camera_published() > 90 and recorder_received() > 90, 120)
         if not ready:
-            raise RuntimeError("cameras/recorder did not come up:\n" + rec.log()[-2000:])
+            raise RuntimeError(
+                f"cameras/recorder did not come up: published {camera_published()}, recorded "
+                f"{recorder_received()} {probe.diagnostic_values('/recorder')}"
+            )
         t_start = time.monotonic()
         assert probe.call(Trigger, "/recorder/start", Trigger.Request()).success
         # counts are taken from two diagnostics snapshots one window apart; the cameras and
