@@ -51,8 +51,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# make demo DEMO_ARGS="--policy diffusion" | "--fresh" | "--quick"
 demo: setup
-	$(PY) -m sim.demo
+	$(PY) -m handoff_ros.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) tests/benchmarks/run_all.py

@@ -1,0 +1,214 @@
+"""`make demo`: the whole handoff loop on the simulated arm, on a CPU, in about 15 minutes.
+
+1. collect scripted `lift` demonstrations into a zarr store        (handoff-collect)
+2. train a policy on them                                          (handoff-train)
+3. evaluate it in simulation with parallel workers                 (handoff-eval)
+4. run the checkpoint closed-loop over ROS 2: sim_arm + policy nodes as separate processes
+   with the package's parameter file (what policy.launch.py robot:=sim starts)
+5. print a summary table and where the report, plots and video are
+
+Each stage reuses what an earlier run built (a store with enough episodes, a finished
+checkpoint, an evaluation report) unless --fresh is given. --quick shrinks every stage for a
+smoke test of the loop (the policy it trains is not expected to succeed).
+
+    python -m handoff_ros.demo [--policy act|diffusion] [--out demo] [--fresh] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.errors import UserError, cli_main
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    demos: int
+    train_steps: int
+    eval_episodes: int
+    ros_episodes: int
+    video_episodes: int
+
+
+# Full size: 100 demos (~2 min), CPU recipe training (~8 min), 50 evaluation episodes on
+# 2 workers (~2 min), 5 ROS episodes (~2 min) on a 2-core machine.
+FULL = DemoSize(demos=100, train_steps=0, eval_episodes=50, ros_episodes=5, video_episodes=3)
+QUICK = DemoSize(demos=4, train_steps=20, eval_episodes=2, ros_episodes=1, video_episodes=1)
+
+
+def stage(n: int, title: str) -> None:
+    print(f"\n== [{n}/5] {title}", flush=True)
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise UserError(f"`{' '.join(cmd)}` failed with exit status {proc.returncode}")
+
+
+def store_episodes(path: Path) -> int:
+    from data.store import DemoStore
+
+    try:
+        return DemoStore.open(path).n_episodes
+    except UserError:
+        return 0
+
+
+def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> dict:
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store, run_dir = out / "lift.zarr", out / f"{policy}"
+    eval_dir = run_dir / "eval"
+    t_start = time.time()
+    timings = {}
+
+    stage(1, f"collect {size.demos} scripted lift demonstrations -> {store}")
+    t0 = time.time()
+    have = store_episodes(store)
+    if have >= size.demos:
+        print(f"reusing {store} ({have} episodes)")
+    else:
+        run(
+            [
+                str(BIN / "handoff-collect"),
+                "--task",
+                "lift",
+                "--episodes",
+                str(size.demos - have),
+                "--out",
+                str(store),
+                "--workers",
+                str(workers),
+                "--seed",
+                str(have),
+            ]
+        )
+    timings["collect_s"] = time.time() - t0
+
+    stage(2, f"train {policy} on this CPU -> {run_dir}")
+    t0 = time.time()
+    if (run_dir / "last" / "config.json").is_file() and not fresh:
+        print(f"reusing the checkpoint in {run_dir} (--fresh retrains)")
+    else:
+        cmd = [
+            str(BIN / "handoff-train"),
+            "--policy",
+            policy,
+            "--data",
+            str(store),
+            "--task",
+            "lift",
+            "--out",
+            str(run_dir),
+            "--recipe",
+            "cpu",
+            "--device",
+            "cpu",
+            "--force",
+        ]
+        if size.train_steps:
+            cmd += ["--steps", str(size.train_steps), "--eval-every", "0", "--eval-episodes", "1"]
+        run(cmd)
+    timings["train_s"] = time.time() - t0
+    meta_path = run_dir / "last" / "train_meta.json"
+    train_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+
+    stage(3, f"evaluate {size.eval_episodes} episodes in simulation -> {eval_dir}")
+    t0 = time.time()
+    report_path = eval_dir / "report.json"
+    if report_path.is_file() and timings["train_s"] < 5 and not fresh:
+        print(f"reusing {report_path}")
+    else:
+        run(
+            [
+                str(BIN / "handoff-eval"),
+                "--checkpoint",
+                str(run_dir),
+                "--task",
+                "lift",
+                "--episodes",
+                str(size.eval_episodes),
+                "--workers",
+                str(workers),
+                "--out",
+                str(eval_dir),
+                "--video-episodes",
+                str(size.video_episodes),
+                "--force",
+            ]
+        )
+    report = json.loads(report_path.read_text())
+    timings["eval_s"] = time.time() - t0
+
+    stage(4, f"run the checkpoint closed-loop over ROS 2 ({size.ros_episodes} episodes)")
+    t0 = time.time()
+    from handoff_ros.closed_loop import run_closed_loop
+
+    ros = run_closed_loop(run_dir, "lift", size.ros_episodes, log_dir=out / "ros_logs")
+    (out / "ros_report.json").write_text(json.dumps(ros, indent=2))
+    timings["ros_s"] = time.time() - t0
+
+    stage(5, "summary")
+    lo, hi = report["success_ci95"]
+    rows = [
+        ("demonstrations", f"{store_episodes(store)} scripted lift episodes ({store})"),
+        (
+            "policy",
+            f"{policy}, {train_meta.get('step', '?')} steps, trained in "
+            f"{timings['train_s'] / 60:.1f} min" + (" (reused)" if timings["train_s"] < 5 else ""),
+        ),
+        (
+            "sim success",
+            f"{report['successes']}/{report['n_episodes']} = "
+            f"{report['success_rate']:.0%} (Wilson 95% CI {lo:.0%}-{hi:.0%})",
+        ),
+        ("ROS closed loop", f"{ros['successes']}/{ros['episodes']} episodes succeeded over DDS"),
+        (
+            "inference latency",
+            f"sim p50 {report['latency_ms']['p50']:.1f} ms, p99 "
+            f"{report['latency_ms']['p99']:.1f} ms per step; ROS node p50 "
+            f"{ros['inference_ms']['p50']:.1f} ms, p99 "
+            f"{ros['inference_ms']['p99']:.1f} ms per chunk",
+        ),
+        ("total time", f"{(time.time() - t_start) / 60:.1f} min"),
+        ("report", str(report_path)),
+        ("plots / video", f"{eval_dir / 'summary.png'}, {eval_dir / 'rollouts.mp4'}"),
+        ("ROS report", str(out / "ros_report.json")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    summary = {"sim": report, "ros": ros, "timings_s": timings, "policy": policy}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--policy", default="act", help="policy to train: act (default) or diffusion")
+    p.add_argument("--out", default="runs/demo", help="folder for the store, run and reports")
+    p.add_argument("--fresh", action="store_true", help="rebuild everything from scratch")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the loop")
+    p.add_argument("--workers", type=int, default=2, help="parallel sim workers (2)")
+    args = p.parse_args(argv)
+    demo(args.policy, Path(args.out), QUICK if args.quick else FULL, args.fresh, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
