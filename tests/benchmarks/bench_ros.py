@@ -3,8 +3,9 @@
     .venv/bin/python tests/benchmarks/bench_ros.py [--seconds 60] [--period-seconds 10] [--quick]
 
 1. Control-loop period error at 10 and 50 Hz: the policy node (a tiny ACT checkpoint trained
-   here) commanding a fake arm whose /joint_states the benchmark publishes at 100 Hz; period
-   error = |interval between command arrivals - 1/rate|. Baseline, same run, same
+   here; pipelined, the default, and at 50 Hz also pipelined:=false) commanding a fake arm
+   whose /joint_states the benchmark publishes at 100 Hz; period error = |interval between
+   command arrivals - 1/rate|. Baseline, same run, same
    measurement: a bare rclpy timer publisher at the same rate (what the machine and DDS give).
 2. Observation-stamp -> command latency: the policy node's ``~/obs_age_ms`` (joint-state
    stamp to command publish) p50/p99.
@@ -94,7 +95,9 @@ def collect(probe: Probe, topic: str, warmup_n: int, seconds: float, timeout: fl
     return [t for t, _ in probe.msgs[topic][start:]]
 
 
-def control_loop(checkpoint: Path, hz: float, seconds: float, logs: Path) -> dict:
+def control_loop(
+    checkpoint: Path, hz: float, seconds: float, logs: Path, pipelined: bool = True
+) -> dict:
     names = list(load_embodiment("sim_panda").joint_names)
     dom = fresh_domain_id()
     params = {
@@ -103,6 +106,7 @@ def control_loop(checkpoint: Path, hz: float, seconds: float, logs: Path) -> dic
         "control_hz": hz,
         "controller": "forward",
         "max_step_delta": 1.0,
+        "pipelined": pipelined,
     }
     policy = NodeProcess("policy", dom, params, logs)
     with nodes(policy), Probe(dom) as probe:
@@ -294,6 +298,10 @@ def main() -> None:
         }
         for hz in (10.0, 50.0):
             result[f"control_{hz:g}hz"] = control_loop(checkpoint, hz, args.period_seconds, logs)
+        # the other policy mode: wait for this tick's inference (lower latency, more jitter)
+        result["control_50hz_wait"] = control_loop(
+            checkpoint, 50.0, args.period_seconds, logs, pipelined=False
+        )
         result["recorder"] = recorder_headroom(root, args.seconds, logs, args.transport)
     print(json.dumps(result))
 

@@ -1,11 +1,13 @@
 """policy node: a checkpoint driving an arm through the safety filter.
 
-Each control tick (a timer at ``control_hz``): snapshot the newest observation, hand it to the
-inference thread, wait at most ``inference_budget`` of the period for the action, pass it (or,
-when inference overran, a hold) through :class:`handoff_ros.safety.SafetyFilter`, publish it.
-The timer never waits longer than the budget, so a slow chunk prediction shows up as held
-ticks (counted on /diagnostics), not as a stalled control loop. Chunk execution -- action
-queue or temporal ensembling -- is the policy's own ``select_action``.
+Each control tick (a timer at ``control_hz``) snapshots the newest observation and hands it to
+the inference thread. With ``pipelined`` (default) the tick sends the action inferred during
+the previous period, so commands leave exactly on the timer (one period of latency); without
+it the tick waits at most ``inference_budget`` of the period for this tick's action (lower
+latency, jitter = inference time). Either way the action (or, when inference overran, a hold)
+passes :class:`handoff_ros.safety.SafetyFilter` before it is published, and a slow chunk
+prediction shows up as held ticks (counted on /diagnostics), never as a stalled loop. Chunk
+execution -- action queue or temporal ensembling -- is the policy's own ``select_action``.
 
 Before the first command the node checks the checkpoint against the live arm: every joint it
 was trained on must be in ``/joint_states``, every camera it consumes must publish frames of
@@ -58,8 +60,13 @@ class PolicyParams:
     robot: str = param("real", "sim or real: sim starts enabled and may use privileged state")
     controller: str = param("forward", "forward (Float64MultiArray) or joint_trajectory")
     control_hz: float = param(0.0, "command rate, Hz; 0: the checkpoint spec's control_hz")
+    pipelined: bool = param(
+        True,
+        "send at each tick the action inferred during the previous period (timing as steady "
+        "as the timer, one period of latency); false: wait up to inference_budget for it",
+    )
     inference_budget: float = param(
-        0.6, "fraction of a period the control tick waits for inference before holding"
+        0.6, "pipelined false: fraction of a period the tick waits for inference, then holds"
     )
     device: str = param("cpu", "torch device for inference (cpu, cuda)")
     torch_threads: int = param(1, "torch intra-op threads; 1 keeps a core free for DDS")
@@ -221,51 +228,55 @@ class PolicyNode(Node):
         if self.yielding:  # the operator let go: start afresh from where they left the arm
             self.yielding = False
             self.safety.reanchor()
-            if self.pending is None:
-                self.policy.reset()
-        action = self._infer(now)
-        inferred = action is not None
+            if self.pending is not None:  # an action from before the intervention: drop it
+                self.pending.result()
+                self.pending = None
+            self.policy.reset()
+        inferred = self._infer()
+        action = inferred[0] if inferred is not None else self.safety.hold_target()
         if action is None:
-            action = self.safety.hold_target()
-            if action is None:
-                return
+            return
         result = self.safety.filter(action, now)
         if result.command is None:
             return
         self._publish(result.command)
-        if inferred:  # how old the observation behind this command is, as it goes out
-            self.pub_obs_age.publish(Float64(data=(now_sec(self) - stamp) * 1e3))
+        if inferred is not None:  # how old the observation behind this command is, as it goes out
+            self.pub_obs_age.publish(Float64(data=(now_sec(self) - inferred[1]) * 1e3))
 
-    def _infer(self, now: float) -> np.ndarray | None:
-        """The action for this tick, or None (inference overran or observation incomplete)."""
+    def _infer(self) -> tuple[np.ndarray, float] | None:
+        """(action, stamp of the joint state it was computed from) for this tick, or None
+        (inference overran, observation incomplete, or commands cannot go out)."""
         if self.pending is not None and not self.pending.done():
             self.overruns += 1
             return None
-        if self.pending is not None:  # a late result from the previous tick
-            action, self.pending = self.pending.result(), None
-            return action
+        late = None
+        if self.pending is not None:  # the result of the previous tick's inference
+            late, self.pending = self.pending.result(), None
         if not self.safety.enabled or self.safety.estopped:
             return None  # no inference while commands cannot go out
-        obs, _ = self.obs.snapshot()
-        if obs is None:
-            return None
-        self.pending = self.pool.submit(self._select, obs)
+        if late is not None and not self.p.pipelined:
+            return late  # catch up after an overrun; the next tick infers afresh
+        obs, stamp = self.obs.snapshot()
+        if obs is not None:
+            self.pending = self.pool.submit(self._select, obs, stamp)
+        if self.p.pipelined or self.pending is None:
+            return late  # pipelined: this tick sends what the previous tick computed
         try:
-            action = self.pending.result(timeout=self.p.inference_budget * self.dt)
+            result = self.pending.result(timeout=self.p.inference_budget * self.dt)
         except TimeoutError:
             self.overruns += 1
             return None
         self.pending = None
-        return action
+        return result
 
-    def _select(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def _select(self, obs: dict[str, np.ndarray], stamp: float) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         action = self.policy.select_action(obs)
         ms = (time.perf_counter() - t0) * 1e3
         self.inference_ms.append(ms)
         del self.inference_ms[:-1000]
         self.pub_latency.publish(Float64(data=ms))
-        return action
+        return action, stamp
 
     def _publish(self, command: np.ndarray) -> None:
         if self.p.controller == "forward":
