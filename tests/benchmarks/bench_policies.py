@@ -144,10 +144,7 @@ def main() -> None:
     torch.manual_seed(0)
     out: dict = {"threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        stores = {
-            v: make_store(Path(tmp) / f"{v}.zarr", v == "image", episodes=6 if args.quick else 20)
-            for v in ("state", "image")
-        }
+        stores = {v: make_store(Path(tmp) / f"{v}.zarr", v == "image") for v in ("state", "image")}
         out["control_period_ms"] = 1000 / stores["state"].embodiment.control_hz
         for variant, store in stores.items():
             dp, _ = build("diffusion", store)
