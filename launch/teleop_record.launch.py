@@ -7,7 +7,9 @@
 robot:=sim starts the simulated arm; robot:=real expects your ros2_control stack (and MoveIt
 Servo for twist devices) to be running, and starts one camera node (camera_name, camera_source).
 device:=joy also starts the ROS joy driver. Recorder keys on the device call /recorder/start,
-/stop, /discard and /mark_success.
+/stop, /discard and /mark_success. ros2 launch gives nodes no terminal input: for
+device:=keyboard run the teleop node in its own terminal instead
+(``ros2 run handoff_ros teleop --ros-args --params-file ... -p device:=keyboard``).
 """
 
 from launch.actions import DeclareLaunchArgument
@@ -74,8 +76,7 @@ def generate_launch_description() -> LaunchDescription:
                 executable="teleop",
                 name="teleop",
                 output="screen",
-                # the keyboard device reads the terminal the launch runs in
-                emulate_tty=True,
+                emulate_tty=True,  # coloured, unbuffered log lines
                 parameters=[
                     params,
                     {
