@@ -2,6 +2,8 @@
 #   docker build -f docker/ros.Dockerfile -t handoff:ros .
 #   docker run --rm -it --network host handoff:ros ros2 launch handoff_ros sim.launch.py
 # rclpy and the message packages come from the ROS base image (apt), not from PyPI.
+# FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: raw VGA frames over UDP fragments get lost under load;
+# Fast DDS's large-data mode moves them over shared memory / TCP instead.
 FROM ros:kilted-ros-base-noble
 
 ARG TORCH_VERSION=2.13.0
@@ -9,7 +11,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     MUJOCO_GL=egl \
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
+    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
 
 RUN apt-get update && apt-get install -y --no-install-recommends \
         python3-pip python3-colcon-common-extensions libosmesa6 libegl1 libgl1 \

@@ -7,13 +7,12 @@ takes /arm_controller/joint_trajectory, /forward_position_controller/commands an
 /gripper_controller/commands. With use_sim_time:=true it also publishes /clock.
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

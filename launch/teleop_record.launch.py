@@ -12,13 +12,12 @@ device:=keyboard run the teleop node in its own terminal instead
 (``ros2 run handoff_ros teleop --ros-args --params-file ... -p device:=keyboard``).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def _is(arg: str, value: str) -> IfCondition:

@@ -39,6 +39,7 @@ def small_store(tmp_path, spec):
     """A store with 4 episodes of lengths 10, 11, 12, 13 (episode 1 failed)."""
     store = DemoStore.create(tmp_path / "small.zarr", spec)
     for e in range(4):
-        store.append_episode(make_episode(10 + e, seed=e), task="lift", source="scripted",
-                             success=e != 1, seed=e)
+        store.append_episode(
+            make_episode(10 + e, seed=e), task="lift", source="scripted", success=e != 1, seed=e
+        )
     return store
