@@ -95,7 +95,7 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
     pending: deque[np.ndarray] = deque([task.arm.last_action.copy()] * action_latency)
     latencies, frames = [], []
     success, length = False, 0
-    started = time.time()
+    started, cpu0 = time.time(), time.process_time()
     while True:
         if video:
             frames.append(task.arm.render(VIDEO_CAMERA, VIDEO_SIZE))
@@ -116,6 +116,7 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
         "latency_ms": latencies,
         "frames": np.stack(frames) if frames else None,
         "span": (started, time.time()),
+        "cpu_s": time.process_time() - cpu0,
     }
 
 
@@ -194,6 +195,8 @@ def evaluate_policy(
         "wall_s": wall,
         "rollout_s": span,
         "steps_per_s": float(steps / span) if span > 0 else 0.0,
+        # per CPU-second of the workers: separates our cost from other load on a shared machine
+        "steps_per_cpu_s": float(steps / max(sum(r["cpu_s"] for r in results), 1e-9)),
     }
     if out_dir is not None:
         from sim.report import write_outputs

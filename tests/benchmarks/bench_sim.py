@@ -57,6 +57,7 @@ def eval_rate(workers: int, episodes: int) -> dict:
     )
     return {
         "steps_per_s": report["steps_per_s"],
+        "steps_per_cpu_s": report["steps_per_cpu_s"],
         "wall_s": report["wall_s"],
         "success_rate": report["success_rate"],
     }
