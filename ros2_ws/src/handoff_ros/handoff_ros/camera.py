@@ -120,7 +120,7 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(CameraNode, args)
+    run_node(CameraNode, args, params=CameraParams, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -352,7 +352,7 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(PolicyNode, args)
+    run_node(PolicyNode, args, params=PolicyParams, doc=__doc__)
 
 
 if __name__ == "__main__":

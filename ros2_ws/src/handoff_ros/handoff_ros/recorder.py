@@ -347,7 +347,7 @@ def open_store(path: str, spec: Embodiment) -> DemoStore:
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(RecorderNode, args)
+    run_node(RecorderNode, args, params=RecorderParams, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -154,14 +154,32 @@ def level_value(level: Any) -> int:
     return level[0] if isinstance(level, bytes | bytearray) else int(level)
 
 
+def print_help(doc: str | None, params: type) -> None:
+    """What ``--help`` prints: the node's docstring and every parameter with its default."""
+    print((doc or "").strip())
+    print("\nparameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):")
+    for name, (default, description) in param_fields(params).items():
+        print(f"  {name} (default {default!r})\n      {description}")
+
+
 def run_node(
-    make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1
+    make_node: Callable[[], Node],
+    args: list[str] | None = None,
+    threads: int = 1,
+    params: type | None = None,
+    doc: str | None = None,
 ) -> None:
     """The rclpy examples' main(): init, spin, clean shutdown on Ctrl-C or external shutdown.
 
+    ``-h``/``--help`` (before ``--ros-args``) prints ``doc`` and the parameters and exits.
     A :class:`UserError` while building the node (bad parameter, missing file) prints one line
     and exits with status 2.
     """
+    argv = sys.argv[1:] if args is None else args
+    own = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if params is not None and ({"-h", "--help"} & set(own)):
+        print_help(doc, params)
+        sys.exit(0)
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     rclpy.init(args=args)
     node = None

@@ -277,7 +277,7 @@ class CameraThread:
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(SimArmNode, args)
+    run_node(SimArmNode, args, params=SimArmParams, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ class TeleopNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(TeleopNode, args)
+    run_node(TeleopNode, args, params=TeleopParams, doc=__doc__)
 
 
 if __name__ == "__main__":
