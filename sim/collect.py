@@ -183,3 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {summary['written']} episodes to {summary['out']} "
         f"({summary['successes']}/{summary['tried']} expert successes)"
     )
+
+
+if __name__ == "__main__":
+    main()

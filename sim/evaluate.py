@@ -281,3 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     brief = {k: v for k, v in report.items() if k not in ("per_episode", "seeds")}
     print(json.dumps(brief))
+
+
+if __name__ == "__main__":
+    main()
