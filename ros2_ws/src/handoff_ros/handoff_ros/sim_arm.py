@@ -236,8 +236,6 @@ class CameraThread:
     def _run(self) -> None:
         import mujoco
 
-        from sim.arm import CAMERAS
-
         node, arm = self.node, self.node.arm
         data = mujoco.MjData(arm.model)
         p = node.p
@@ -252,17 +250,12 @@ class CameraThread:
                 t = node.state_stamp
             mujoco.mj_forward(arm.model, data)
             stamp = node.stamp(t)
-            for name, (pub_raw, pub_jpeg, pub_info, info) in self.pubs.items():
-                renderer.update_scene(data, camera=CAMERAS[name])
-                rgb = renderer.render()
-                msg = to_image_msg(rgb)
-                msg.header.stamp, msg.header.frame_id = stamp, info.header.frame_id
-                pub_raw.publish(msg)
-                jpeg = to_compressed_msg(rgb)
-                jpeg.header = msg.header
-                pub_jpeg.publish(jpeg)
-                info.header = msg.header
-                pub_info.publish(info)
+            try:
+                self._publish(renderer, data, stamp)
+            except Exception:
+                if not node.context.ok():  # Ctrl-C shut the context down under this thread
+                    break
+                raise
             self.frames += 1
             next_t += period
             delay = next_t - time.monotonic()
@@ -270,6 +263,21 @@ class CameraThread:
                 next_t = time.monotonic()  # rendering is slower than camera_hz: do not pile up
             self._stop.wait(max(0.0, delay))
         renderer.close()
+
+    def _publish(self, renderer, data, stamp) -> None:
+        from sim.arm import CAMERAS
+
+        for name, (pub_raw, pub_jpeg, pub_info, info) in self.pubs.items():
+            renderer.update_scene(data, camera=CAMERAS[name])
+            rgb = renderer.render()
+            msg = to_image_msg(rgb)
+            msg.header.stamp, msg.header.frame_id = stamp, info.header.frame_id
+            pub_raw.publish(msg)
+            jpeg = to_compressed_msg(rgb)
+            jpeg.header = msg.header
+            pub_jpeg.publish(jpeg)
+            info.header = msg.header
+            pub_info.publish(info)
 
     def close(self) -> None:
         self._stop.set()
