@@ -141,6 +141,7 @@ FORMATS: Registry[Format] = Registry("format")
 def staging_dir(dst: Path) -> Path:
     """A sibling directory to build a non-handoff output in; renamed into place when done."""
     tmp = dst.with_name(f".{dst.name}.partial")
+    tmp.parent.mkdir(parents=True, exist_ok=True)  # DST may name folders that do not exist yet
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return tmp
