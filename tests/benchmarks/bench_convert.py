@@ -19,15 +19,14 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import camera_frames  # noqa: E402  (the shared camera-like test frames)
+# run as a script, this folder is on sys.path: the shared camera-like test frames
+from bench_store import camera_frames
 
 DIRECTIONS = [
     ("handoff", "handoff", "copy.zarr", "src.zarr"),  # the baseline
