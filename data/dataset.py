@@ -9,7 +9,9 @@ as in diffusion_policy, so one dataset serves diffusion (To=2, Tp=16) and ACT (T
 Steps outside the episode repeat its first/last step (edge padding); ``action_is_pad`` marks
 action steps past the episode end, so a loss can ignore them.
 
-Low-dim arrays are read into memory once (they are small); image frames are read per sample.
+Low-dim arrays are read into memory once (they are small); image frames are decoded per batch
+straight into the batch tensors (the DataLoader's ``__getitems__`` path; pass
+``collate_fn=SequenceDataset.collate`` so the stacked batch is used as it is).
 For the common layouts (a local zarr 3 store with one Blosc-compressed frame per chunk, or a
 diffusion_policy/UMI format-2 store with a numcodecs compressor) frames are decoded straight
 from the chunk files, skipping zarr's per-call overhead; every other store goes through zarr.
@@ -109,27 +111,84 @@ class SequenceDataset:
     def __len__(self) -> int:
         return len(self._t)
 
-    def _frames(self, key: str, idx: np.ndarray) -> np.ndarray:
+    def _readers_for(self) -> dict[str, FrameIO]:
         store = self.store
         if self._readers is None:
             self._readers = {k: FrameIO(store.data[k], f"data/{k}") for k in self.image_keys}
-        return self._readers[key].frames(idx)
+        return self._readers
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """Samples ``indices``, built as one batch: the DataLoader's batched fetch path.
+
+        Everything is gathered with vectorised indexing and frames are decoded straight into
+        the batch, so a batch costs one pass of Python per frame, not per key per sample.
+        """
         import torch
 
-        t, lo, hi = int(self._t[i]), int(self._lo[i]), int(self._hi[i])
-        first = t - self.To + 1
-        obs_idx = np.clip(np.arange(first, t + 1), lo, hi - 1)  # (To,)
-        act_steps = np.arange(first, first + self.Tp)  # (Tp,)
+        i = np.asarray(indices, dtype=np.int64)
+        lo, hi = self._lo[i, None], self._hi[i, None]
+        first = self._t[i, None] - self.To + 1
+        obs_idx = np.clip(first + np.arange(self.To), lo, hi - 1)  # (B, To)
+        act_steps = first + np.arange(self.Tp)  # (B, Tp)
         act_idx = np.clip(act_steps, lo, hi - 1)
         obs = {k: torch.from_numpy(self._lowdim[k][obs_idx]) for k in self.lowdim_keys}
-        for k in self.image_keys:
-            obs[k] = torch.from_numpy(self._frames(k, obs_idx))  # (To, H, W, C) uint8
+        for k, reader in self._readers_for().items():
+            frames = _uint8_batch((*obs_idx.shape, *reader.frame_shape))  # (B, To, H, W, C)
+            reader.frames(obs_idx, out=frames.numpy().reshape(-1, *reader.frame_shape))
+            obs[k] = frames
+        return WindowBatch(
+            {
+                "obs": obs,
+                "action": torch.from_numpy(self._lowdim[self.action_key][act_idx]),  # (B, Tp, Da)
+                "action_is_pad": torch.from_numpy(act_steps >= hi),  # (B, Tp)
+            }
+        )
+
+    @staticmethod
+    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """DataLoader ``collate_fn``: a WindowBatch is already a batch (no copy); else stack."""
+        import torch
+
+        if isinstance(samples, WindowBatch):
+            return samples.batch
+        return torch.utils.data.default_collate(samples)
+
+
+def _uint8_batch(shape: tuple[int, ...]) -> Any:
+    """An empty uint8 tensor; in a DataLoader worker it lives in shared memory, so the frames
+    decoded into it reach the trainer without the copy torch would otherwise make."""
+    import torch
+
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))  # as default_collate does
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class WindowBatch(Sequence):
+    """A batch of samples stored stacked; reads as a sequence of per-sample views.
+
+    With ``collate_fn=SequenceDataset.collate`` the stacked batch goes to training as it is;
+    with torch's default collate each sample is a view and the batch is stacked again.
+    """
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["action"])
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)
+        b = self.batch
         return {
-            "obs": obs,
-            "action": torch.from_numpy(self._lowdim[self.action_key][act_idx]),  # (Tp, Da)
-            "action_is_pad": torch.from_numpy(act_steps >= hi),  # (Tp,)
+            "obs": {k: v[j] for k, v in b["obs"].items()},
+            "action": b["action"][j],
+            "action_is_pad": b["action_is_pad"][j],
         }
 
 

@@ -163,6 +163,7 @@ class Trainer:
             batch_size=config.batch_size,
             sampler=self.sampler,
             num_workers=config.num_workers,
+            collate_fn=getattr(dataset, "collate", None),  # SequenceDataset batches are stacked
             drop_last=True,
             pin_memory=not cpu,
             persistent_workers=False,

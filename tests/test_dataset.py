@@ -59,6 +59,26 @@ def test_dataloader_with_workers_matches_direct_access(small_store):
     assert seen == len(ds)
 
 
+def test_batched_fetch_matches_samples_with_and_without_the_collate(small_store):
+    """The batched path (``__getitems__``) equals per-sample access, whether the loader uses
+    ``SequenceDataset.collate`` (no copy) or torch's default collate, in workers or not."""
+    ds = SequenceDataset(small_store.path, ["joint_pos", "agentview"], n_obs_steps=2, horizon=4)
+    order = [45, 0, 21, 20, 9, 10, 33]
+    direct = [ds[i] for i in order]
+    for workers in (0, 2):
+        for collate in (SequenceDataset.collate, None):
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=7, sampler=order, num_workers=workers, collate_fn=collate
+            )
+            (batch,) = list(loader)
+            for j, ref in enumerate(direct):
+                for k in ("joint_pos", "agentview"):
+                    np.testing.assert_array_equal(batch["obs"][k][j], ref["obs"][k])
+                np.testing.assert_array_equal(batch["action"][j], ref["action"])
+                np.testing.assert_array_equal(batch["action_is_pad"][j], ref["action_is_pad"])
+            assert batch["obs"]["agentview"].shape == (7, 2, 16, 16, 3)
+
+
 def test_stats_streaming_matches_numpy(small_store, monkeypatch):
     monkeypatch.setattr(dataset_mod, "STATS_BLOCK_ROWS", 3)  # force many blocks
     stats = compute_stats(small_store, ["joint_pos", "action", "agentview"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -214,3 +216,27 @@ def test_frames_across_partial_shards_read_back_by_zarr_and_frameio(tmp_path, sp
     assert io.mode == "shard"
     order = np.array([14, 0, 3, 4, 13, 7])
     np.testing.assert_array_equal(io.frames(order), expected[order])
+
+
+def test_compressed_and_raw_blosc_frames_both_read_back(tmp_path, spec):
+    """Noisy frames are stored uncompressed by Blosc (copied out directly), smooth ones are
+    LZ4-compressed (decoded); a header that lies about the frame size is reported."""
+    from data.frames import FrameIO
+
+    rng = np.random.default_rng(0)
+    ep = make_episode(8, seed=1)
+    ep["agentview"][::2] = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3) // 8
+    store = DemoStore.create(tmp_path / "s.zarr", spec)
+    store.append_episode(ep)
+    io = FrameIO(store.data["agentview"], "agentview")
+    shard = io._shard(0)
+    assert shard.raw[:8] == [False, True] * 4  # compressible frames were compressed
+    order = rng.permutation(8)
+    np.testing.assert_array_equal(io.frames(order), ep["agentview"][order])
+
+    path = Path(shard.path)
+    payload = bytearray(path.read_bytes())
+    payload[shard.offset[1] + 4] ^= 0x10  # frame 1's header: wrong uncompressed size
+    path.write_bytes(bytes(payload))
+    with pytest.raises(UserError, match=r"c\.0\.0\.0\.0: cannot decode frame 1 of agentview"):
+        FrameIO(store.data["agentview"], "agentview").frames([0, 1])
