@@ -85,9 +85,12 @@ class SequenceDataset:
             hi.append(np.full(ends[e] - starts[e], ends[e]))
         if not t or sum(len(x) for x in t) == 0:
             raise UserError(f"{self._path}: no steps to sample (no episodes selected)")
-        self._t = np.concatenate(t)
-        self._lo = np.concatenate(lo)
-        self._hi = np.concatenate(hi)
+        # per sample: (first obs step t-To+1, episode start, episode end - 1), one gather a batch
+        self._steps = np.stack(
+            [np.concatenate(t) - self.To + 1, np.concatenate(lo), np.concatenate(hi) - 1], 1
+        )
+        self._obs_offsets = np.arange(self.To)
+        self._act_offsets = np.arange(self.Tp)
         self.episodes = list(chosen)
         self._readers: dict[str, FrameIO] | None = None
 
@@ -109,7 +112,7 @@ class SequenceDataset:
         return state
 
     def __len__(self) -> int:
-        return len(self._t)
+        return len(self._steps)
 
     def _readers_for(self) -> dict[str, FrameIO]:
         store = self.store
@@ -128,12 +131,10 @@ class SequenceDataset:
         """
         import torch
 
-        i = np.asarray(indices, dtype=np.int64)
-        lo, hi = self._lo[i, None], self._hi[i, None]
-        first = self._t[i, None] - self.To + 1
-        obs_idx = np.clip(first + np.arange(self.To), lo, hi - 1)  # (B, To)
-        act_steps = first + np.arange(self.Tp)  # (B, Tp)
-        act_idx = np.clip(act_steps, lo, hi - 1)
+        first, lo, last = self._steps[indices].T[:, :, None]  # each (B, 1)
+        obs_idx = np.maximum(first + self._obs_offsets, lo)  # (B, To); never past t
+        act_steps = first + self._act_offsets  # (B, Tp)
+        act_idx = np.minimum(np.maximum(act_steps, lo), last)
         obs = {k: torch.from_numpy(self._lowdim[k][obs_idx]) for k in self.lowdim_keys}
         for k, reader in self._readers_for().items():
             frames = _uint8_batch((*obs_idx.shape, *reader.frame_shape))  # (B, To, H, W, C)
@@ -143,7 +144,7 @@ class SequenceDataset:
             {
                 "obs": obs,
                 "action": torch.from_numpy(self._lowdim[self.action_key][act_idx]),  # (B, Tp, Da)
-                "action_is_pad": torch.from_numpy(act_steps >= hi),  # (B, Tp)
+                "action_is_pad": torch.from_numpy(act_steps > last),  # (B, Tp)
             }
         )
 
