@@ -2,8 +2,9 @@
 #   docker build -f docker/ros.Dockerfile -t handoff:ros .
 #   docker run --rm -it --network host handoff:ros ros2 launch handoff_ros sim.launch.py
 # rclpy and the message packages come from the ROS base image (apt), not from PyPI.
-# FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: raw VGA frames over UDP fragments get lost under load;
-# Fast DDS's large-data mode moves them over shared memory / TCP instead.
+# Fast DDS transports: every handoff node loads handoff_ros/fastdds.xml (a 16 MiB shared-memory
+# segment, so raw camera frames are not split into UDP fragments) unless
+# FASTDDS_DEFAULT_PROFILES_FILE names another profile. Run with --ipc host beside other nodes.
 FROM ros:kilted-ros-base-noble
 
 ARG TORCH_VERSION=2.13.0
@@ -11,8 +12,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     MUJOCO_GL=egl \
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
-    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 
 RUN apt-get update && apt-get install -y --no-install-recommends \
         python3-pip python3-colcon-common-extensions libosmesa6 libegl1 libgl1 \

@@ -109,3 +109,41 @@ def test_camera_bad_parameter_exits_2(tmp_path):
     log = cam.log()
     assert "encoding" in log and "Traceback" not in log
     cam.stop()
+
+
+def test_raw_vga_frames_cross_dds_whole(tmp_path):
+    """640x480 rgb8 frames (900 KiB) arrive, every one: handoff's Fast DDS profile carries
+    them in shared memory (without it they travel as ~15 UDP fragments each and a quarter or
+    more are lost, tests/benchmarks/bench_ros.py)."""
+    clip = tmp_path / "vga.avi"
+    write_clip(clip, size=(640, 480))
+    dom = fresh_domain_id()
+    params = {"source": str(clip), "fps": 30.0, "publish_compressed": False}
+    cam = NodeProcess("camera", dom, params, tmp_path, remap={"__ns": "/vga"})
+
+    def stamp(header) -> float:
+        return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+    with nodes(cam), Probe(dom) as probe:
+        probe.subscribe(Image, "/vga/image_raw", qos_profile_sensor_data)
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        assert probe.spin_until(lambda: len(probe.msgs["/vga/image_raw"]) >= 10, 30), cam.log()
+        probe.msgs["/diagnostics"].clear()
+        probe.spin_for(4.0)
+    # the camera's own count of published frames between two of its diagnostics, against
+    # the frames received with stamps in between (both from the camera's clock)
+    counts = [
+        (stamp(array.header), int(kv.value))
+        for _, array in probe.msgs["/diagnostics"]
+        for status in array.status
+        if status.name == "/vga/camera"
+        for kv in status.values
+        if kv.key == "published"
+    ]
+    assert len(counts) >= 2, cam.log()
+    (t1, n1), (t2, n2) = counts[0], counts[-1]
+    received = sum(t1 < stamp(m.header) <= t2 for _, m in probe.msgs["/vga/image_raw"])
+    assert n2 - n1 >= 40, cam.log()  # the camera kept publishing (30 fps minus load)
+    assert received >= n2 - n1 - 3, f"{received} of {n2 - n1} frames arrived"
+    _, last = probe.msgs["/vga/image_raw"][-1]
+    assert (last.width, last.height, len(last.data)) == (640, 480, 640 * 480 * 3)

@@ -172,6 +172,7 @@ class PolicyNode(Node):
         self.create_service(Trigger, "~/reset", self.srv_reset)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.pending: Future | None = None
+        self.submit_due = False
         self.mismatch = ""
         self.ticks = self.sent = self.overruns = self.yielded = 0
         self.inference_ms: list[float] = []
@@ -238,14 +239,19 @@ class PolicyNode(Node):
                 self.pending = None
             self.policy.reset()
         inferred = self._infer()
-        action = inferred[0] if inferred is not None else self.safety.hold_target()
-        if action is None:
-            return
-        result = self.safety.filter(action, now)
-        if result.command is None:
-            return
-        self._publish(result.command)
-        if inferred is not None:  # how old the observation behind this command is, as it goes out
+        try:
+            action = inferred[0] if inferred is not None else self.safety.hold_target()
+            if action is None:
+                return
+            result = self.safety.filter(action, now)
+            if result.command is None:
+                return
+            self._publish(result.command)
+        finally:
+            if self.submit_due:  # pipelined: the next inference starts once the command is out
+                self.submit_due = False
+                self._submit()
+        if inferred is not None:  # how old the observation behind this command is, as it went out
             self.pub_obs_age.publish(Float64(data=(now_sec(self) - inferred[1]) * 1e3))
 
     def _infer(self) -> tuple[np.ndarray, float] | None:
@@ -261,11 +267,14 @@ class PolicyNode(Node):
             return None  # no inference while commands cannot go out
         if late is not None and not self.p.pipelined:
             return late  # catch up after an overrun; the next tick infers afresh
-        obs, stamp = self.obs.snapshot()
-        if obs is not None:
-            self.pending = self.pool.submit(self._select, obs, stamp)
-        if self.p.pipelined or self.pending is None:
-            return late  # pipelined: this tick sends what the previous tick computed
+        if self.p.pipelined:
+            # this tick sends what the previous tick computed; the next inference is started
+            # after the publish (a woken inference thread would compete with it for the GIL)
+            self.submit_due = True
+            return late
+        self._submit()
+        if self.pending is None:
+            return None
         try:
             result = self.pending.result(timeout=self.p.inference_budget * self.dt)
         except TimeoutError:
@@ -273,6 +282,12 @@ class PolicyNode(Node):
             return None
         self.pending = None
         return result
+
+    def _submit(self) -> None:
+        """Start inference on the newest observation (if complete) in the inference thread."""
+        obs, stamp = self.obs.snapshot()
+        if obs is not None:
+            self.pending = self.pool.submit(self._select, obs, stamp)
 
     def _select(self, obs: dict[str, np.ndarray], stamp: float) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()

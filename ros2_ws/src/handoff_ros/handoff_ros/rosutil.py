@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,6 +31,16 @@ from data.errors import UserError
 P = TypeVar("P")
 
 OK, WARN, ERROR = 0, 1, 2  # DiagnosticStatus levels as ints (the message field is a byte)
+DDS_PROFILE = Path(__file__).with_name("fastdds.xml")
+
+
+def use_dds_profile(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Point Fast DDS at handoff's transport profile (large shared-memory segment, UDP on
+    loopback; see fastdds.xml) unless the user named a profile of their own. Must run before
+    rclpy.init; ``env`` (default: this process's environment) is updated and returned."""
+    env = os.environ if env is None else env
+    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(DDS_PROFILE))
+    return env
 
 
 def param(default: Any, description: str) -> Any:
@@ -181,6 +192,7 @@ def run_node(
         print_help(doc, params)
         sys.exit(0)
     os.environ.setdefault("MUJOCO_GL", "osmesa")
+    use_dds_profile()
     rclpy.init(args=args)
     node = None
     try:

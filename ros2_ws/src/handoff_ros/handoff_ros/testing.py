@@ -23,6 +23,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
+from handoff_ros.rosutil import use_dds_profile
+
 _counter = 0
 
 
@@ -39,7 +41,7 @@ def ros_env(domain_id: int) -> dict[str, str]:
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("MUJOCO_GL", "osmesa")
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return use_dds_profile(env)
 
 
 def param_args(params: dict[str, Any]) -> list[str]:
@@ -117,6 +119,7 @@ class Probe:
 
     def __init__(self, domain_id: int, name: str = "probe") -> None:
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        use_dds_profile()  # the transports the nodes use
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node(name, context=self.context)
@@ -125,8 +128,11 @@ class Probe:
         self.msgs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
 
     def subscribe(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> None:
-        def cb(msg: Any) -> None:
-            self.msgs[topic].append((time.time(), msg))
+        def cb(msg: Any, info: dict[str, int]) -> None:
+            # the middleware's reception time (wall clock): unlike the time this callback
+            # runs, it does not include this probe's own executor delays
+            received = info.get("received_timestamp", 0)
+            self.msgs[topic].append((received * 1e-9 if received else time.time(), msg))
 
         self.node.create_subscription(msg_type, topic, cb, qos)
 
