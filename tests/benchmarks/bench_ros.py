@@ -147,6 +147,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def counter_series(arrays: list) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(node, key) -> (report stamps, values) of every numeric diagnostic value received."""
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _, array in arrays:
+        t = array.header.stamp.sec + array.header.stamp.nanosec * 1e-9
+        for status in array.status:
+            for kv in status.values:
+                with contextlib.suppress(ValueError):
+                    series.setdefault((status.name, kv.key), []).append((t, float(kv.value)))
+    return {k: tuple(np.array(sorted(v)).T) for k, v in series.items()}
+
+
 def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) -> dict:
     n_cams, width, height, fps = 3, 640, 480, 30.0
     clip = root / "clip.avi"
@@ -228,32 +240,44 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
             )
         t_start = time.monotonic()
         assert probe.call(Trigger, "/recorder/start", Trigger.Request()).success
-        # counts are taken from two diagnostics snapshots one window apart; the cameras and
-        # the recorder report once a second, so the window edges match to within ~1 s of frames
+        # every node reports its counters on /diagnostics once a second, each at its own phase;
+        # the cameras' published counts are interpolated at the recorder's report times, so
+        # both sides of "published vs received" cover the same window to within a frame
+        probe.spin_for(1.5)
         probe.msgs["/diagnostics"].clear()
-        probe.spin_until(lambda: camera_published() > 0 and recorder_received() > 0, 5)
-        pub0, rec0 = camera_published(), recorder_received()
         cpu0, wall0 = cpu_seconds(rec.proc.pid), time.monotonic()
         probe.spin_for(seconds)
-        probe.msgs["/diagnostics"].clear()
-        probe.spin_until(lambda: camera_published() > 0 and recorder_received() > 0, 5)
-        pub1, rec1 = camera_published(), recorder_received()
         cpu_share = (cpu_seconds(rec.proc.pid) - cpu0) / (time.monotonic() - wall0)
         values = probe.diagnostic_values("/recorder")
+        reports = counter_series(probe.msgs["/diagnostics"])
         assert probe.call(Trigger, "/recorder/stop", Trigger.Request()).success
         recorded_s = time.monotonic() - t_start
         probe.spin_until(
             lambda: probe.diagnostic_values("/recorder").get("episodes_written") == "1", 30
         )
+    cams_t = [reports[(f"/cam{i}/camera", "published")][0] for i in range(n_cams)]
+    rec_t = reports[("/recorder", "cam0.received")][0]
+    # the first and last recorder reports that camera reports surround (no extrapolation)
+    inside = np.flatnonzero(
+        (rec_t >= max(t[0] for t in cams_t)) & (rec_t <= min(t[-1] for t in cams_t))
+    )
+    a, b = inside[0], inside[-1]
+    t0, t1 = rec_t[a], rec_t[b]
+    published = received = 0
+    for i in range(n_cams):
+        cam_t, cam_n = reports[(f"/cam{i}/camera", "published")]
+        rec_n = reports[("/recorder", f"cam{i}.received")][1]
+        published += round(np.interp(t1, cam_t, cam_n) - np.interp(t0, cam_t, cam_n))
+        received += int(rec_n[b] - rec_n[a])
     store = DemoStore.open(store_path)
     meta = store.episode_meta(0)
     problems = validate_store(store, progress=False)
-    published, received = pub1 - pub0, rec1 - rec0
     return {
         "cameras": f"{n_cams}x{width}x{height}@{fps:g}",
         "transport": transport,
         "joint_states_hz": 100,
         "seconds": seconds,
+        "counted_over_s": round(t1 - t0, 1),
         "frames_published": published,
         "frames_received": received,
         "dropped_frames": max(0, published - received),
