@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from machine import cpu_times, steal_share
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
@@ -311,6 +312,7 @@ def main() -> None:
         logs.mkdir()
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result line
             checkpoint = train_tiny_checkpoint(root / "ckpt")
+        start = cpu_times()
         result = {
             "bench": "ros",
             "cpu_count": os.cpu_count(),
@@ -327,6 +329,7 @@ def main() -> None:
             checkpoint, 50.0, args.period_seconds, logs, pipelined=False
         )
         result["recorder"] = recorder_headroom(root, args.seconds, logs, args.transport)
+        result["cpu_steal_share"] = steal_share(start)  # time other machines took from this one
     print(json.dumps(result))
 
 

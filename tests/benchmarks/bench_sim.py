@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_times, steal_share
 
 from sim.collect import collect
 from sim.evaluate import evaluate_policy
@@ -48,18 +49,6 @@ def control_rate(cameras: tuple[str, ...], steps: int) -> float:
         return steps / (time.perf_counter() - t0)
 
 
-def cpu_times() -> np.ndarray:
-    """This machine's (busy, steal, total) CPU time so far, from /proc/stat (zeros elsewhere)."""
-    try:
-        user, nice, system, idle, iowait, irq, softirq, steal = (
-            float(x) for x in Path("/proc/stat").read_text().split()[1:9]
-        )
-    except (OSError, ValueError):
-        return np.zeros(3)
-    busy = user + nice + system + irq + softirq
-    return np.array([busy, steal, busy + idle + iowait + steal])
-
-
 def eval_rate(workers: int, episodes: int) -> dict:
     before = cpu_times()
     report = evaluate_policy(
@@ -69,14 +58,13 @@ def eval_rate(workers: int, episodes: int) -> dict:
         workers=workers,
         progress=False,
     )
-    busy, steal, total = cpu_times() - before
     return {
         "steps_per_s": report["steps_per_s"],
         "steps_per_cpu_s": report["steps_per_cpu_s"],
         "wall_s": report["wall_s"],
         "success_rate": report["success_rate"],
         # time the hypervisor gave this VM's CPUs to others: high = a noisy neighbour
-        "cpu_steal_share": round(steal / total, 3) if total else None,
+        "cpu_steal_share": steal_share(before),
     }
 
 
@@ -107,6 +95,7 @@ def main() -> None:
     eval_episodes = 4 if a.quick else 12
     demos = 10 if a.quick else 100
 
+    start = cpu_times()
     no_cam = control_rate((), steps)
     two_cam = control_rate(("agentview", "wrist"), cam_steps)
     evaluation = eval_rounds(eval_episodes, rounds=1 if a.quick else 3)
@@ -122,6 +111,7 @@ def main() -> None:
             {
                 "bench": "sim",
                 "quick": a.quick,
+                "cpu_steal_share": steal_share(start),
                 "control_steps_per_s": {
                     "no_cameras": round(no_cam, 1),
                     "two_cameras_84": round(two_cam, 1),
