@@ -59,6 +59,7 @@ def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, check
     probe.subscribe(Float64MultiArray, FORWARD)
     probe.subscribe(Float64, "/policy/inference_ms")
     probe.subscribe(JointTrajectory, "/policy/predicted_chunk")
+    probe.subscribe(DiagnosticArray, "/diagnostics")
     q_start = np.array(probe.msgs["/joint_states"][-1][1].position[:7])
     params = {"checkpoint": str(checkpoint), "robot": "sim", "controller": "forward"}
     policy = NodeProcess("policy", dom, params, logs)
@@ -74,6 +75,10 @@ def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, check
         assert probe.msgs["/policy/inference_ms"] and probe.msgs["/policy/predicted_chunk"]
         chunk = probe.msgs["/policy/predicted_chunk"][-1][1]
         assert len(chunk.points) == 8 and len(chunk.joint_names) == 7  # Tp = horizon 8
+        # the node reports how evenly its commands leave (send-side period error)
+        has_jitter = lambda: "period_error_ms_p50" in probe.diagnostic_values("/policy")  # noqa: E731
+        assert probe.spin_until(has_jitter, 5), probe.diagnostic_values("/policy")
+        assert float(probe.diagnostic_values("/policy")["period_error_ms_p50"]) < 10
         # a teleop operator engages: the policy yields the arm, and resumes after release
         engaged = probe.node.create_publisher(Bool, "/teleop/engaged", 10)
         for _ in range(3):

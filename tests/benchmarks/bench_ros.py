@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from machine import cpu_times, steal_share
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
@@ -114,8 +115,10 @@ def control_loop(
         publish_joint_states(probe, names)
         probe.subscribe(Float64MultiArray, FORWARD)
         probe.subscribe(Float64, "/policy/obs_age_ms")
+        probe.subscribe(DiagnosticArray, "/diagnostics")
         arrivals = collect(probe, FORWARD, int(hz), seconds, 120)
         ages = [m.data for _, m in probe.msgs["/policy/obs_age_ms"][-len(arrivals) :]]
+        own = probe.diagnostic_values("/policy")  # the node's own count, before DDS
     baseline_log = open(logs / f"baseline-{hz}.log", "w")  # noqa: SIM115
     dom = fresh_domain_id()
     code = BASELINE_TIMER.format(topic=FORWARD)
@@ -135,6 +138,7 @@ def control_loop(
         baseline_log.close()
     return {
         "policy": period_errors(arrivals, hz),
+        "policy_send_side_p99_ms": float(own.get("period_error_ms_p99", "nan")),
         "baseline_timer": period_errors(base, hz),
         "obs_to_command_ms": {
             "p50": round(float(np.percentile(ages, 50)), 3),
@@ -219,8 +223,6 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
         "lag_s": 0.2,
     }
     rec = NodeProcess("recorder", dom, rec_params, logs)
-    from diagnostic_msgs.msg import DiagnosticArray
-
     with nodes(*cams, rec), Probe(dom) as probe:
         publish_joint_states(probe, spec["joint_names"])
         probe.subscribe(DiagnosticArray, "/diagnostics")

@@ -176,6 +176,7 @@ class PolicyNode(Node):
         self.mismatch = ""
         self.ticks = self.sent = self.overruns = self.yielded = 0
         self.inference_ms: list[float] = []
+        self.sent_at: list[float] = []  # monotonic send times of the last commands
         self.timer = self.create_timer(self.dt, self.tick)
         self.get_logger().info(
             f"{type(self.policy).__name__} for {spec.name} consumes {self.policy.input_keys}; "
@@ -299,6 +300,8 @@ class PolicyNode(Node):
         return action, stamp
 
     def _publish(self, command: np.ndarray) -> None:
+        self.sent_at.append(time.monotonic())
+        del self.sent_at[:-1000]
         if self.p.controller == "forward":
             self.pub_arm.publish(forward_msg(command[:-1]))
         else:
@@ -349,6 +352,7 @@ class PolicyNode(Node):
             "yielded_to_operator": self.yielded,
             "inference_ms_p50": round(float(np.percentile(ms, 50)), 2),
             "inference_ms_p99": round(float(np.percentile(ms, 99)), 2),
+            **self._period_error(),
             "waiting_for": ",".join(self.obs.missing()),
             **self.safety.status(),
         }
@@ -361,6 +365,18 @@ class PolicyNode(Node):
         if self.obs.missing():
             return WARN, f"waiting for {self.obs.missing()}", values
         return OK, "running", values
+
+    def _period_error(self) -> dict[str, float]:
+        """p50/p99 of |interval between consecutive commands - period| over the last ones
+        (gaps of held or yielded ticks excluded): how evenly commands leave this node."""
+        gaps = np.diff(self.sent_at)
+        err = np.abs(gaps[gaps < 1.5 * self.dt] - self.dt) * 1e3
+        if not len(err):
+            return {}
+        return {
+            "period_error_ms_p50": round(float(np.percentile(err, 50)), 3),
+            "period_error_ms_p99": round(float(np.percentile(err, 99)), 3),
+        }
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
