@@ -284,6 +284,8 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
         "frames_published": published,
         "frames_received": received,
         "dropped_frames": max(0, published - received),
+        # each camera's interpolated count is good to about one frame
+        "dropped_frames_resolution": n_cams,
         "dropped_estimated_from_stamps": sum(
             int(values.get(f"cam{i}.dropped", 0)) for i in range(3)
         ),
