@@ -22,9 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from data.embodiment import Embodiment
+from data.embodiment import load_embodiment
 from data.errors import UserError
 from policies.common.normalizer import Normalizer
 from policies.common.policy import Policy
@@ -115,13 +113,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> Policy:
     spec_file = ckpt / "embodiment.yaml"
     if not spec_file.is_file():
         raise UserError(f"{spec_file}: missing; the checkpoint is incomplete")
-    try:
-        spec = yaml.safe_load(spec_file.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{spec_file}: corrupt YAML ({e})") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{spec_file}: expected a mapping")
-    embodiment = Embodiment.from_dict(spec, source=str(spec_file))
+    embodiment = load_embodiment(spec_file)
     tensors = {}
     for name in ("normalizer.safetensors", "model.safetensors"):
         f = ckpt / name

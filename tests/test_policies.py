@@ -289,7 +289,15 @@ def test_normalizer_round_trip_and_constant_dims():
 
 
 @pytest.mark.parametrize(
-    "damage", ["missing_model", "corrupt_model", "corrupt_config", "missing_spec", "bad_version"]
+    "damage",
+    [
+        "missing_model",
+        "corrupt_model",
+        "corrupt_config",
+        "missing_spec",
+        "corrupt_spec",
+        "bad_version",
+    ],
 )
 def test_damaged_checkpoint_names_the_file(damage, tmp_path):
     ckpt = save_policy(build("act").eval(), tmp_path / "ckpt")
@@ -298,6 +306,7 @@ def test_damaged_checkpoint_names_the_file(damage, tmp_path):
         "corrupt_model": "model.safetensors",
         "corrupt_config": "config.json",
         "missing_spec": "embodiment.yaml",
+        "corrupt_spec": "embodiment.yaml",
         "bad_version": "config.json",
     }[damage]
     f = ckpt / target
