@@ -168,14 +168,18 @@ def test_every_readme_command(tmp_path):
 def test_make_demo_quick(tmp_path):
     """`make demo` end to end in quick mode: collect, train, evaluate, ROS closed loop, table."""
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "handoff_ros.demo", "--quick", "--out", str(out)],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+
+    def run_demo() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "handoff_ros.demo", "--quick", "--out", str(out)],
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+
+    proc = run_demo()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in (
         "[1/5] collect",
@@ -192,13 +196,6 @@ def test_make_demo_quick(tmp_path):
     assert (out / "act/eval/rollouts.mp4").is_file()
     assert (out / "ros_report.json").is_file()
     # a second run reuses the store, the checkpoint and the report
-    again = subprocess.run(
-        [sys.executable, "-m", "handoff_ros.demo", "--quick", "--out", str(out)],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    again = run_demo()
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing" in again.stdout and "[2/5] train" in again.stdout

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from data.store import DemoStore
 from policies import load
 from policies.train import main
+from tests.conftest import TINY_ACT
 
 # Tiny networks through the same --set overrides a user has.
 TINY = {
@@ -20,16 +21,7 @@ TINY = {
         "policy.vision_width=16",
         "policy.num_inference_steps=3",
     ],
-    "act": [
-        "policy.dim_model=32",
-        "policy.n_heads=2",
-        "policy.dim_feedforward=64",
-        "policy.n_encoder_layers=1",
-        "policy.n_vae_encoder_layers=1",
-        "policy.horizon=8",
-        "policy.latent_dim=4",
-        "policy.vision_width=16",
-    ],
+    "act": [*TINY_ACT, "policy.vision_width=16"],
 }
 
 

@@ -7,16 +7,7 @@ import json
 import pytest
 
 from policies.train import main as train_main
-
-TINY_ACT = [
-    "policy.dim_model=32",
-    "policy.n_heads=2",
-    "policy.dim_feedforward=64",
-    "policy.n_encoder_layers=1",
-    "policy.n_vae_encoder_layers=1",
-    "policy.horizon=8",
-    "policy.latent_dim=4",
-]
+from tests.conftest import TINY_ACT
 
 
 @pytest.mark.slow
