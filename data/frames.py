@@ -102,6 +102,7 @@ class _Shard(NamedTuple):
 
     path: str
     data: np.ndarray  # uint8 over the shard's memory map
+    view: memoryview  # the same bytes: slicing and copying a memoryview costs less per frame
     offset: list[int]  # -1: never written
     nbytes: list[int]
     raw: list[bool]
@@ -167,10 +168,12 @@ class FrameIO:
     # ---- reading -----------------------------------------------------------------------
 
     def frames(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """idx: (n,) int -> (n, H, W, C) uint8, decoded into ``out`` when given."""
+        """idx: (n,) int -> (n, H, W, C) uint8, decoded into ``out`` (C-contiguous) if given."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if out is None:
             out = np.empty((len(idx), *self.frame_shape), dtype=np.uint8)
+        elif not out.flags.c_contiguous:
+            raise ValueError("frames(out=...) needs a C-contiguous array")
         if self.mode == "zarr":
             unique, inverse = np.unique(idx, return_inverse=True)
             out[...] = self.arr.get_orthogonal_selection((unique,))[inverse]
@@ -209,14 +212,15 @@ class FrameIO:
         after that a frame costs one copy (frames Blosc stored uncompressed, as noisy camera
         frames are under LZ4) or one codec call, and a few list lookups.
         """
-        S = self.S
+        S, F = self.S, out.shape[1]
+        rows = memoryview(out).cast("B")  # out's rows as flat bytes
         order = np.argsort(idx, kind="stable")  # in file order: neighbouring pages, warm TLB
         for j, i in zip(order.tolist(), idx[order].tolist()):
             k, w = divmod(i, S)
             shard = self._maps.get(k) or self._shard(k)
             o, n = shard.offset[w], shard.nbytes[w]
             if shard.raw[w]:
-                out[j] = shard.data[o + BLOSC_HEADER : o + n]
+                rows[j * F : j * F + F] = shard.view[o + BLOSC_HEADER : o + n]
             elif o < 0:  # never written: zarr's fill value
                 out[j] = 0
             else:
@@ -268,7 +272,7 @@ class FrameIO:
                 & (head[:, 2] & BLOSC_MEMCPYED > 0)
                 & (size == frame_bytes)
             )
-        entry = _Shard(path, data, offset.tolist(), nbytes.tolist(), raw.tolist())
+        entry = _Shard(path, data, memoryview(data), offset.tolist(), nbytes.tolist(), raw.tolist())
         self._maps[k] = entry
         if len(self._maps) > OPEN_SHARDS:
             self._maps.popitem(last=False)  # the map closes when its last view goes

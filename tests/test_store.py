@@ -233,6 +233,11 @@ def test_compressed_and_raw_blosc_frames_both_read_back(tmp_path, spec):
     assert shard.raw[:8] == [False, True] * 4  # compressible frames were compressed
     order = rng.permutation(8)
     np.testing.assert_array_equal(io.frames(order), ep["agentview"][order])
+    out = np.zeros((8, 16, 16, 3), np.uint8)
+    assert io.frames(order, out=out) is out
+    np.testing.assert_array_equal(out, ep["agentview"][order])
+    with pytest.raises(ValueError, match="C-contiguous"):  # decoding into a copy would be lost
+        io.frames(order[:4], out=out[::2])
 
     path = Path(shard.path)
     payload = bytearray(path.read_bytes())
