@@ -163,7 +163,9 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # handoff's own progress at INFO; other libraries (accelerate, diffusers, ...) only warn
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("handoff").setLevel(logging.INFO)
     from accelerate.utils import set_seed
 
     from data.dataset import SequenceDataset

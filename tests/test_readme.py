@@ -161,6 +161,9 @@ def test_every_readme_command(tmp_path):
         assert proc.returncode == 0, (
             f"`{line}` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         )
+        if head == "handoff-train":  # handoff's progress, not other libraries' chatter
+            infos = [x for x in proc.stderr.splitlines() if x.startswith("INFO ")]
+            assert infos and all(x.startswith("INFO handoff.") for x in infos), proc.stderr
         ran.append(line)
     assert len(ran) >= 30 and len(checked) >= 8, (len(ran), len(checked))
 

@@ -143,7 +143,9 @@ def test_raw_vga_frames_cross_dds_whole(tmp_path):
     assert len(counts) >= 2, cam.log()
     (t1, n1), (t2, n2) = counts[0], counts[-1]
     received = sum(t1 < stamp(m.header) <= t2 for _, m in probe.msgs["/vga/image_raw"])
-    assert n2 - n1 >= 40, cam.log()  # the camera kept publishing (30 fps minus load)
+    # the camera kept publishing (30 fps, fewer under load): enough frames that a lossy
+    # transport (about half lost without the profile) would show
+    assert n2 - n1 >= 15, cam.log()
     assert received >= n2 - n1 - 3, f"{received} of {n2 - n1} frames arrived"
     _, last = probe.msgs["/vga/image_raw"][-1]
     assert (last.width, last.height, len(last.data)) == (640, 480, 640 * 480 * 3)

@@ -132,8 +132,11 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
         T = len(ep["action"])
         assert 20 <= T <= 60  # 1.5 s of teleop at 20 Hz, plus the service calls around it
         np.testing.assert_allclose(np.diff(ep["timestamp"]), 0.05, atol=1e-6)
-        # engaged from the operator's first message on (it follows the start request)
-        assert ep["intervention"][3:].all()
+        # engaged from the operator's first message on (it follows the start request) until
+        # the deadman's 0.5 s timeout after the last one (under load the stop can come later)
+        iv = ep["intervention"]
+        on = np.flatnonzero(iv)
+        assert len(on) >= 15 and on[0] <= 3 and iv[on[0] : on[-1] + 1].all(), iv
         # the recorded action is what the scripted operator sent, step by step
         sent = np.array(sweeps[e])
         dist = np.abs(ep["action"][:, None, 0] - sent[None, :].astype(np.float32)).min(axis=1)
