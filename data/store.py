@@ -392,6 +392,13 @@ class DemoStore:
         return writer.commit(**meta)
 
     def episode_writer(self, flush_steps: int = 64) -> EpisodeWriter:
+        """A streaming writer for one episode (see :class:`EpisodeWriter`).
+
+        Frames are written every ``flush_steps`` steps. A flush that ends inside a shard makes
+        the next one rewrite that shard's frames, so a multiple of the frames per shard (16 at
+        640x480, :func:`data.frames.shard_frames`) writes fastest: 64 records three 640x480
+        cameras at ~5x real time on 2 cores, 30 at ~3-4x.
+        """
         self._check_writable()
         return EpisodeWriter(self, flush_steps)
 

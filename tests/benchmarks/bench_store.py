@@ -2,8 +2,8 @@
 
 Prints one JSON line. Every comparison is measured in the same run (machines are noisy):
 
-- writer: 3 cameras 640x480 + low-dim at 30 Hz through the streaming EpisodeWriter, as a multiple
-  of real time (target >= 3x on 2 cores);
+- writer: 3 cameras 640x480 + low-dim at 30 Hz through the streaming EpisodeWriter with the
+  recorder's settings, as a multiple of real time (target >= 3x on 2 cores);
 - sampler: training windows (To=2, Tp=16) from 2 cameras 96x96 + low-dim, samples/s through a
   DataLoader with 0 and 2 workers as the trainer builds it (from the first batch on; the
   start-up is printed apart), against the raw decode bound of the codec: the codec alone
@@ -63,7 +63,7 @@ def bench_writer(root: Path, seconds: float) -> dict:
     rng = np.random.default_rng(0)
     store = DemoStore.create(root / "writer.zarr", spec)
     t0 = time.perf_counter()
-    w = store.episode_writer(flush_steps=fps)
+    w = store.episode_writer()  # as the ROS recorder writes: the default flush of 64 steps
     for t in range(T):
         step = {f"cam{c}": frames[(t + 7 * c) % len(frames)] for c in range(n_cams)}
         step |= {"joint_pos": rng.random(7), "joint_vel": rng.random(7), "action": rng.random(8)}
