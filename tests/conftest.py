@@ -14,18 +14,7 @@ import pytest  # noqa: E402
 
 from data.embodiment import load_embodiment  # noqa: E402
 from data.store import DemoStore  # noqa: E402
-
-# A tiny ACT through the same --set overrides a user has (handoff_ros.testing keeps its own
-# copy: package code does not import the tests).
-TINY_ACT = [
-    "policy.dim_model=32",
-    "policy.n_heads=2",
-    "policy.dim_feedforward=64",
-    "policy.n_encoder_layers=1",
-    "policy.n_vae_encoder_layers=1",
-    "policy.horizon=8",
-    "policy.latent_dim=4",
-]
+from handoff_ros.testing import TINY_ACT  # noqa: E402,F401  (one list, shared)
 
 
 def make_episode(T: int, seed: int = 0, image_hw: tuple[int, int] | None = (16, 16)) -> dict:

@@ -25,6 +25,17 @@ from rclpy.qos import QoSProfile
 
 from handoff_ros.rosutil import use_dds_profile
 
+# A tiny ACT through the same --set overrides a user has (the project's tests use it too)
+TINY_ACT = [
+    "policy.dim_model=32",
+    "policy.n_heads=2",
+    "policy.dim_feedforward=64",
+    "policy.n_encoder_layers=1",
+    "policy.n_vae_encoder_layers=1",
+    "policy.horizon=8",
+    "policy.latent_dim=4",
+]
+
 _counter = 0
 
 
@@ -217,18 +228,7 @@ def train_tiny_checkpoint(root: Path, offset: float = 0.3, steps: int = 10) -> P
     argv = ["--policy", "act", "--data", str(root / "demo.zarr"), "--out", str(root / "run")]
     argv += ["--steps", str(steps), "--batch-size", "4", "--device", "cpu", "--no-progress"]
     argv += ["--force"]
-    tiny = [
-        "policy.dim_model=32",
-        "policy.n_heads=2",
-        "policy.dim_feedforward=64",
-        "policy.n_encoder_layers=1",
-        "policy.n_vae_encoder_layers=1",
-        "policy.horizon=8",
-        "policy.latent_dim=4",
-        f"train.save_every={steps}",
-        "train.warmup_steps=2",
-    ]
-    for s in tiny:
+    for s in [*TINY_ACT, f"train.save_every={steps}", "train.warmup_steps=2"]:
         argv += ["--set", s]
     if main(argv) != 0:
         raise RuntimeError("handoff-train failed on the tiny checkpoint")
