@@ -84,5 +84,11 @@ def test_joy_teleop_moves_the_sim_arm_only_while_the_deadman_is_held(tmp_path):
         assert 0.08 < moved < 0.3, moved  # ~0.2 m, less the step clamp and servo lag
         n = len(probe.msgs[FORWARD])
         drive(0.5, deadman=False)
-        assert len(probe.msgs[FORWARD]) <= n + 1  # released: commands stop
+        # released: commands stop within a few ticks (those in flight, a tick before the
+        # released Joy is read) and then no more come at all
+        assert len(probe.msgs[FORWARD]) <= n + 6
+        assert not probe.msgs["/teleop/engaged"][-1][1].data
+        n = len(probe.msgs[FORWARD])
+        drive(0.5, deadman=False)
+        assert len(probe.msgs[FORWARD]) == n
         assert teleop.alive() and arm.alive()
