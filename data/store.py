@@ -394,10 +394,9 @@ class DemoStore:
     def episode_writer(self, flush_steps: int = 64) -> EpisodeWriter:
         """A streaming writer for one episode (see :class:`EpisodeWriter`).
 
-        Frames are written every ``flush_steps`` steps. A flush that ends inside a shard makes
-        the next one rewrite that shard's frames, so a multiple of the frames per shard (16 at
-        640x480, :func:`data.frames.shard_frames`) writes fastest: 64 records three 640x480
-        cameras at ~5x real time on 2 cores, 30 at ~3-4x.
+        Steps are flushed every ``flush_steps`` steps: low-dim arrays whole, frames up to the
+        last full shard (:func:`data.frames.shard_frames`: 16 frames at 640x480), the rest held
+        until a later flush or the commit, so no flush rewrites a shard another one wrote.
         """
         self._check_writable()
         return EpisodeWriter(self, flush_steps)
@@ -504,23 +503,31 @@ class EpisodeWriter:
         if self._buffered >= self.flush_steps:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._buffered:
-            return
+    def flush(self, final: bool = False) -> None:
+        """Write the buffered steps. Frames past the last full shard stay buffered (unless
+        ``final``): writing them now would make the next flush rewrite their shard."""
         for key, parts in self._buffer.items():
-            block = np.concatenate(parts, axis=0)
+            if not parts:
+                continue
+            block = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
             arr = self.store._require_array(key, block)
-            if is_image_array(block):
-                self._write_frames(arr, block)
-            else:
-                arr.append(block, axis=0)
             parts.clear()
+            if not is_image_array(block):
+                arr.append(block, axis=0)
+                continue
+            start = arr.shape[0]
+            end = start + len(block)
+            if not final:
+                end = max(start, end - end % (arr.shards[0] if arr.shards else 1))
+            if end > start:
+                self._write_frames(arr, start, block[: end - start])
+            if end - start < len(block):
+                parts.append(block[end - start :].copy())  # < one shard of frames
         self._written += self._buffered
         self._buffered = 0
 
-    def _write_frames(self, arr: zarr.Array, block: np.ndarray) -> None:
+    def _write_frames(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
         """Grow the array, then encode (in parallel) and write the frames' shard files."""
-        start = arr.shape[0]
         arr.resize((start + len(block), *arr.shape[1:]))
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -532,7 +539,7 @@ class EpisodeWriter:
         """Flush what is buffered and make the episode part of the store; returns its index."""
         if self.n_steps == 0:
             raise UserError("cannot commit an empty episode")
-        self.flush()
+        self.flush(final=True)
         self._close_pool()
         meta.setdefault("start_time", self._start)
         self._closed = True

@@ -197,13 +197,23 @@ def test_frames_across_partial_shards_read_back_by_zarr_and_frameio(tmp_path, sp
     from data.frames import FrameIO
 
     monkeypatch.setattr(frames_mod, "SHARD_BYTES", 4 * 16 * 16 * 3)  # 4 frames per shard
+    rewrite, merges = FrameIO._rewrite_shard, []
+
+    def logged_rewrite(self, k, new, first_new):
+        if first_new % self.S:
+            merges.append(first_new)  # the shard's earlier frames are read and written again
+        return rewrite(self, k, new, first_new)
+
+    monkeypatch.setattr(FrameIO, "_rewrite_shard", logged_rewrite)
     store = DemoStore.create(tmp_path / "s.zarr", spec)
     eps = [make_episode(T, seed=T) for T in (5, 7, 3)]
     for ep in eps[:2]:
-        w = store.episode_writer(flush_steps=3)  # flushes end mid-shard: tail rewrites
+        w = store.episode_writer(flush_steps=3)  # flushes end mid-shard: frames are held back
         for t in range(len(ep["action"])):
             w.add_step({k: v[t] for k, v in ep.items()})
         w.commit()
+    # only an episode's first write merges into a shard, the one its predecessor ended in
+    assert merges == [5]
     w = store.episode_writer(flush_steps=2)
     w.add_steps(make_episode(6, seed=99))
     w.discard()  # leaves stale frames in a partial shard, which the next write must drop
