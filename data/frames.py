@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -90,10 +90,11 @@ def _inner_codecs(codecs) -> tuple[Callable, Callable] | None:
     return None
 
 
-def _write_atomic(path: str, payload: bytes | bytearray) -> None:
+def _write_atomic(path: str, *parts: bytes | bytearray | memoryview) -> None:
+    """Write ``parts`` one after another to a temporary file, then rename it onto ``path``."""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
     with open(tmp, "wb") as f:
-        f.write(payload)
+        f.writelines(parts)
     os.replace(tmp, path)
 
 
@@ -280,10 +281,11 @@ class FrameIO:
 
     # ---- writing -----------------------------------------------------------------------
 
-    def write(self, start: int, block: np.ndarray, pool=None) -> None:
-        """Write frames start..start+len(block)-1; the array must already be that long."""
+    def write(self, start: int, block: np.ndarray | Sequence[np.ndarray], pool=None) -> None:
+        """Write frames start..start+len(block)-1 (an array of frames, or a list of them: a
+        recorder's frames are never stacked); the array must already be that long."""
         if self.mode == "zarr":
-            self.arr[start : start + len(block)] = block
+            self.arr[start : start + len(block)] = np.asarray(block)
             return
         Path(self._path(start // getattr(self, "S", 1))).parent.mkdir(parents=True, exist_ok=True)
         mapper = pool.map if pool is not None else map
@@ -322,11 +324,11 @@ class FrameIO:
         chunks.update(new)
         import google_crc32c
 
-        payload = bytearray()
         index = np.full((S, 2), EMPTY, dtype="<u8")
+        offset = 0
         for j in sorted(chunks):
-            index[j] = (len(payload), len(chunks[j]))
-            payload += chunks[j]
+            index[j] = (offset, len(chunks[j]))
+            offset += len(chunks[j])
         index_bytes = index.tobytes()
-        payload += index_bytes + struct.pack("<I", google_crc32c.value(index_bytes))
-        _write_atomic(path, payload)
+        crc = struct.pack("<I", google_crc32c.value(index_bytes))
+        _write_atomic(path, *(chunks[j] for j in sorted(chunks)), index_bytes, crc)

@@ -476,6 +476,8 @@ class EpisodeWriter:
         self._closed = False
         self._start = time.time()
         self._pool = None
+        spec = store.embodiment
+        self._hz = spec.control_hz if spec else 1.0
 
     @property
     def n_steps(self) -> int:
@@ -490,8 +492,7 @@ class EpisodeWriter:
         steps = {k: _storage_dtype(k, np.asarray(v)) for k, v in steps.items()}
         if "timestamp" not in steps and steps:
             T = len(next(iter(steps.values())))
-            hz = self.store.embodiment.control_hz if self.store.embodiment else 1.0
-            steps["timestamp"] = np.arange(self.n_steps, self.n_steps + T) / hz
+            steps["timestamp"] = np.arange(self.n_steps, self.n_steps + T) / self._hz
         T = self.store._check_keys(steps) if steps else 0
         if self._buffer and set(steps) != set(self._buffer):
             raise UserError(
@@ -509,24 +510,23 @@ class EpisodeWriter:
         for key, parts in self._buffer.items():
             if not parts:
                 continue
-            block = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-            arr = self.store._require_array(key, block)
-            parts.clear()
-            if not is_image_array(block):
-                arr.append(block, axis=0)
+            arr = self.store._require_array(key, parts[0])
+            if not is_image_array(parts[0]):
+                arr.append(np.concatenate(parts, axis=0), axis=0)
+                parts.clear()
                 continue
+            frames = [f for part in parts for f in part]  # views: frames are never stacked
             start = arr.shape[0]
-            end = start + len(block)
+            end = start + len(frames)
             if not final:
                 end = max(start, end - end % (arr.shards[0] if arr.shards else 1))
             if end > start:
-                self._write_frames(arr, start, block[: end - start])
-            if end - start < len(block):
-                parts.append(block[end - start :].copy())  # < one shard of frames
+                self._write_frames(arr, start, frames[: end - start])
+            parts[:] = [f[None] for f in frames[end - start :]]  # less than one shard
         self._written += self._buffered
         self._buffered = 0
 
-    def _write_frames(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
+    def _write_frames(self, arr: zarr.Array, start: int, block: list[np.ndarray]) -> None:
         """Grow the array, then encode (in parallel) and write the frames' shard files."""
         arr.resize((start + len(block), *arr.shape[1:]))
         if self._pool is None:
