@@ -173,7 +173,10 @@ class DemoStore:
         try:
             root = zarr.open_group(store, mode="r" if read_only else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
-            raise UserError(f"{s}: not a zarr store ({e.__class__.__name__})") from None
+            raise UserError(
+                f"{s}: not a zarr store (no zarr.json or .zgroup at its top; "
+                f"{e.__class__.__name__}) - give the store's root directory"
+            ) from None
         fmt = root.metadata.zarr_format
         if "meta" not in root or "episode_ends" not in root["meta"] or "data" not in root:
             raise UserError(f"{s}: not a demonstration store (needs data/ and meta/episode_ends)")
