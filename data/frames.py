@@ -324,11 +324,12 @@ class FrameIO:
         chunks.update(new)
         import google_crc32c
 
+        ordered = sorted(chunks.items())
         index = np.full((S, 2), EMPTY, dtype="<u8")
         offset = 0
-        for j in sorted(chunks):
-            index[j] = (offset, len(chunks[j]))
-            offset += len(chunks[j])
+        for j, chunk in ordered:
+            index[j] = (offset, len(chunk))
+            offset += len(chunk)
         index_bytes = index.tobytes()
         crc = struct.pack("<I", google_crc32c.value(index_bytes))
-        _write_atomic(path, *(chunks[j] for j in sorted(chunks)), index_bytes, crc)
+        _write_atomic(path, *(chunk for _, chunk in ordered), index_bytes, crc)
