@@ -8,18 +8,23 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import UserError
+from data.outputs import check_output, publish, staging_dir
 from data.store import DemoStore
 
 PANEL_HEIGHT = 240  # px: every camera is scaled to this height, the plot panel matches it
 
 
 def write_mp4(path: str | Path, frames, fps: float) -> None:
-    """Encode an iterable of HxWx3 uint8 RGB frames to H.264 mp4 (yuv420p, browser-playable)."""
+    """Encode an iterable of HxWx3 uint8 RGB frames to H.264 mp4 (yuv420p, browser-playable).
+
+    Encoded beside ``path`` (the suffix kept: it names the container) and moved into place when
+    complete, so an existing file is replaced only by a whole new one.
+    """
     import av
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), mode="w")
+    tmp = staging_dir(path).with_name(f".{path.stem}.partial{path.suffix}")
+    container = av.open(str(tmp), mode="w")
     stream = None
     try:
         for frame in frames:
@@ -35,8 +40,12 @@ def write_mp4(path: str | Path, frames, fps: float) -> None:
         if stream is not None:
             for packet in stream.encode():
                 container.mux(packet)
-    finally:
+    except BaseException:
         container.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    container.close()
+    publish(tmp, path)
 
 
 def _plot_panel(signals: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
@@ -67,8 +76,7 @@ def export_episode_video(
     import cv2
 
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_output(out, [store.path], force=force)
     cams = store.image_keys
     lowdim = [k for k in store.lowdim_keys if k != "timestamp"]
     if not cams and not lowdim:

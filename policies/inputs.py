@@ -91,5 +91,31 @@ def build_normalizer(
 
     lowdim = [k for k in config.obs_keys or [] if k not in spec.camera_names]
     stats = compute_stats(store, [*lowdim, ACTION_KEY], episodes=episodes)
+    for key, s in stats.items():
+        if not all(np.isfinite(v).all() for v in s.values()):  # NaN/inf reach min, max and sums
+            raise_non_finite(store, key, episodes)
     modes = {k: config.lowdim_norm for k in lowdim} | {ACTION_KEY: config.action_norm}
     return Normalizer.from_stats(stats, modes)
+
+
+def raise_non_finite(store: DemoStore, key: str, episodes: Sequence[int] | None) -> None:
+    """Name the first NaN/inf of ``key`` in the training episodes, before any training step.
+
+    Called only when the statistics pass has seen one (a NaN would otherwise surface hundreds
+    of steps later as "loss became nan"), so finding it costs a second pass only then.
+    """
+    arr = store.data[key]
+    for e in range(store.n_episodes) if episodes is None else episodes:
+        sl = store.episode_slice(e)
+        block = np.asarray(arr[sl]).reshape(sl.stop - sl.start, -1)
+        bad = np.argwhere(~np.isfinite(block))
+        if len(bad):
+            t, d = (int(i) for i in bad[0])
+            drop = f"drop the episode (handoff-data delete {store.path} --episodes {e} --yes)"
+            if key != ACTION_KEY:
+                drop += f" or the key (--set policy.exclude_keys=[{key}])"
+            raise UserError(
+                f"{store.path}: data/{key} holds {block[t, d]} at episode {e}, step {t} "
+                f"(dimension {d}); training needs finite values: repair or re-convert it, or {drop}"
+            )
+    raise UserError(f"{store.path}: data/{key} is too large in magnitude for its statistics")

@@ -13,6 +13,7 @@ import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
+from data.errors import UserError
 from data.registry import Registry
 from policies.common.config import PolicyConfig
 from policies.common.policy import Policy
@@ -53,6 +54,8 @@ def policy_names() -> list[str]:
 
 
 def get_policy_class(name: str) -> type[Policy]:
+    if not isinstance(name, str):  # e.g. "policy": ["act"] in a hand-edited config.json
+        raise UserError(f"a policy name must be a string, got {name!r:.60}")
     if name not in POLICIES:
         policy_names()
     return POLICIES.get(name)

@@ -7,15 +7,23 @@
 Settings come, later winning, from: the policy's config defaults, the recipe
 (``policies/recipes/<policy>_<recipe>.yaml`` or a YAML path; ``cpu`` on a CPU, ``gpu`` on a
 GPU by default), ``--set section.key=value``, then the dedicated flags (``--steps`` ...).
+
+``--resume`` continues the run as saved in ``runs/NAME/config.json``: only ``--steps``,
+``--eval-every`` and ``--eval-episodes`` may change; any other flag or ``--set`` that differs
+is refused by name, and so is a store that changed since the run began (its fingerprint is
+saved in config.json; ``--allow-data-change`` accepts it). ``--force`` moves an existing run
+aside and deletes it only when the new run has finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import shutil
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,7 @@ import yaml
 
 from data.embodiment import load_embodiment
 from data.errors import UserError, cli_main
+from data.outputs import check_output, check_writable, is_url, remove
 from data.store import DemoStore
 from policies.registry import get_policy_class, policy_names
 from policies.trainer import TrainConfig, Trainer, TrainingDivergedError
@@ -52,17 +61,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override a recipe value, e.g. --set policy.horizon=32 --set train.lr=3e-4",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="--resume even though the store changed since the run began",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p.parse_args(argv)
 
 
+def recipe_path(policy: str, recipe: str) -> Path:
+    """A recipe name (``cpu``) or YAML path -> the file it means."""
+    if recipe.endswith((".yaml", ".yml")):
+        return Path(recipe)
+    return RECIPES_DIR / f"{policy}_{recipe}.yaml"
+
+
 def load_recipe(policy: str, recipe: str) -> dict[str, Any]:
-    path = (
-        Path(recipe)
-        if recipe.endswith((".yaml", ".yml"))
-        else RECIPES_DIR / f"{policy}_{recipe}.yaml"
-    )
+    path = recipe_path(policy, recipe)
     if not path.is_file():
         names = sorted(
             p.stem.removeprefix(f"{policy}_") for p in RECIPES_DIR.glob(f"{policy}_*.yaml")
@@ -84,13 +101,21 @@ def load_recipe(policy: str, recipe: str) -> dict[str, Any]:
     }
 
 
-def apply_sets(recipe: dict[str, Any], sets: list[str]) -> None:
+def parse_sets(sets: list[str]) -> list[tuple[str, str, Any]]:
+    """``--set section.key=value`` items -> (section, key, value) in order."""
+    out = []
     for item in sets:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not eq or not dot or section not in ("policy", "train"):
             raise UserError(f"--set {item!r}: expected policy.KEY=VALUE or train.KEY=VALUE")
-        recipe[section][name] = yaml.safe_load(value)
+        out.append((section, name, yaml.safe_load(value)))
+    return out
+
+
+def apply_sets(recipe: dict[str, Any], sets: list[str]) -> None:
+    for section, name, value in parse_sets(sets):
+        recipe[section][name] = value
 
 
 def resolve_device(device: str) -> str:
@@ -113,6 +138,107 @@ def training_episodes(store: DemoStore, successful_only: bool) -> list[int] | No
     return good
 
 
+RESUME_CHANGES = ("steps", "eval_every", "eval_episodes")  # safe to change when resuming
+
+
+def _same(given: Any, saved: Any) -> bool:
+    """Equal as saved in config.json (YAML's '3e-4' is a string, JSON's a number)."""
+    try:
+        return json.loads(json.dumps(given)) == saved or float(given) == float(saved)
+    except (TypeError, ValueError):
+        return False
+
+
+def apply_resume_changes(args: argparse.Namespace, run: dict[str, Any], saved: Path) -> None:
+    """Apply --steps/--eval-every/--eval-episodes (also as --set train.KEY) to a resumed run;
+    refuse, naming each, every other flag or --set that differs from the run's config.json:
+    resuming continues that run exactly, it cannot also change it."""
+    changes = [
+        ("train", k, getattr(args, k)) for k in RESUME_CHANGES if getattr(args, k) is not None
+    ]
+    differ = []
+    for section, key, value in parse_sets(args.set):
+        if section == "train" and key in RESUME_CHANGES:
+            changes.append((section, key, value))
+            continue
+        have = run["policy_config" if section == "policy" else "train"].get(key, "unset")
+        if not _same(value, have):
+            differ.append(f"{section}.{key}={value} (run: {have})")
+    if args.batch_size is not None and not _same(args.batch_size, run["train"]["batch_size"]):
+        differ.append(f"--batch-size {args.batch_size} (run: {run['train']['batch_size']})")
+    for flag in ("policy", "data", "task", "embodiment"):
+        given = getattr(args, flag)
+        if given is not None and not _same_path_or_value(given, run.get(flag)):
+            differ.append(f"--{flag} {given} (run: {run.get(flag)})")
+    if args.recipe and _resolved(recipe_path(run["policy"], args.recipe)) != _resolved(
+        run["recipe"]
+    ):
+        differ.append(f"--recipe {args.recipe} (run: {run['recipe']})")
+    if differ:
+        raise UserError(
+            f"--resume continues the run as saved in {saved}; these differ from it: "
+            f"{'; '.join(differ)}. Drop them, or start a new run with another --out "
+            f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGES)} change "
+            "on resume)"
+        )
+    for _, key, value in changes:
+        run["train"][key] = value
+
+
+def _resolved(path: str | Path) -> str:
+    return os.path.realpath(path)
+
+
+def _same_path_or_value(given: str, saved: Any) -> bool:
+    return _same(given, saved) or (
+        isinstance(saved, str) and not is_url(given) and _resolved(given) == _resolved(saved)
+    )
+
+
+def store_fingerprint(store: DemoStore) -> dict[str, Any]:
+    """What identifies the training data: sizes, episode boundaries, per-episode metadata
+    (success flags choose episodes) and array shapes. Recorded when a run begins and compared
+    on --resume (the arrays' values are not hashed: that would read the whole store)."""
+    metas = [store.episode_meta(i) for i in range(store.n_episodes)]
+    return {
+        "episodes": store.n_episodes,
+        "steps": store.n_steps,
+        "episode_ends_sha256": hashlib.sha256(store.episode_ends.tobytes()).hexdigest(),
+        "episode_meta_sha256": hashlib.sha256(
+            json.dumps(metas, sort_keys=True, default=str).encode()
+        ).hexdigest(),
+        "keys": {k: [list(a.shape[1:]), str(a.dtype)] for k, a in sorted(store.data.items())},
+    }
+
+
+FINGERPRINT_PARTS = {  # key -> how a change is named (None: "key old -> new")
+    "episodes": None,
+    "steps": None,
+    "episode_ends_sha256": "episode boundaries",
+    "episode_meta_sha256": "episode metadata (task, success, ...)",
+    "keys": "keys, shapes or dtypes",
+}
+
+
+def check_same_store(run: dict[str, Any], now: dict[str, Any], allow: bool) -> None:
+    """Refuse to resume on a store that changed since the run began (unless ``allow``)."""
+    before = run.get("data_fingerprint")
+    if before is None or before == now:  # runs from before fingerprints: nothing to compare
+        return
+    changed = [
+        f"{key} {before.get(key)} -> {now[key]}" if what is None else what
+        for key, what in FINGERPRINT_PARTS.items()
+        if before.get(key) != now[key]
+    ]
+    msg = f"{run['data']}: the store changed since this run began ({', '.join(changed)})"
+    if not allow:
+        raise UserError(
+            f"{msg}; resuming would train on other data than the run so far - pass "
+            "--allow-data-change to resume on it anyway, or start a new run"
+        )
+    log.warning("%s; resuming on it (--allow-data-change)", msg)
+
+
 def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """The resolved run settings (fresh from recipe + flags, or the saved ones on --resume)."""
     out = Path(args.out)
@@ -121,22 +247,14 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         if not f.is_file():
             raise UserError(f"{f}: missing; --resume needs a run directory made by handoff-train")
         run = json.loads(f.read_text())
-        for flag, key in (
-            ("steps", "steps"),
-            ("eval_every", "eval_every"),
-            ("eval_episodes", "eval_episodes"),
-        ):
-            if getattr(args, flag) is not None:
-                run["train"][key] = getattr(args, flag)
+        apply_resume_changes(args, run, f)
+        check_writable(f)  # checkpoints are written into the run directory
         return run, out
     if not args.policy or not args.data:
         raise UserError("--policy and --data are required (or --resume an existing --out)")
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise UserError(
-                f"{out} already exists; pass --force to overwrite or --resume to continue"
-            )
-        shutil.rmtree(out)
+    check_output(out, [args.data], what="run directory")  # never the store's folder; writable
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite or --resume to continue")
     get_policy_class(args.policy)  # unknown names fail here with the list
     device = resolve_device(args.device)
     recipe = load_recipe(args.policy, args.recipe or ("gpu" if device == "cuda" else "cpu"))
@@ -161,6 +279,17 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     return run, out
 
 
+def set_aside(out: Path) -> Path | None:
+    """Move an existing run (``--force``) to a sibling, to be deleted once the new run has
+    finished: a new run that fails or is interrupted never cost the old one."""
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(out, aside)
+    log.info("--force: moved the previous run to %s; deleted when this run finishes", aside)
+    return aside
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     # handoff's own progress at INFO; other libraries (accelerate, diffusers, ...) only warn
@@ -169,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import set_seed
 
     from data.dataset import SequenceDataset
-    from policies.common.normalizer import Normalizer
+    from policies.checkpoint import load_normalizer
     from policies.inputs import build_normalizer, resolve_inputs, store_embodiment
 
     args = parse_args(argv)
@@ -178,17 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = TrainConfig.from_dict(run["train"], source="train settings")
     config = cls.config_class.from_dict(run["policy_config"], source="policy settings")
     store = DemoStore.open(run["data"])
+    fingerprint = store_fingerprint(store)
+    if args.resume:
+        check_same_store(run, fingerprint, args.allow_data_change)
+    run["data_fingerprint"] = fingerprint
     spec = store_embodiment(
         store, load_embodiment(run["embodiment"]) if run["embodiment"] else None
     )
     config = resolve_inputs(store, config, spec)
     episodes = training_episodes(store, train_cfg.successful_only)
     if args.resume:
-        from safetensors.torch import load_file
-
-        normalizer = Normalizer.from_state_dict(
-            load_file(str(out / "last" / "normalizer.safetensors"))
-        )
+        normalizer = load_normalizer(out / "last", config, spec)
     else:
         normalizer = build_normalizer(store, config, spec, episodes)
     dataset = SequenceDataset(
@@ -201,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(train_cfg.seed)
     policy = cls(config, spec, normalizer)
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
+    replaced = None if args.resume else set_aside(out)  # --force: kept until this run is done
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(run, indent=2) + "\n")
     meta = {
@@ -234,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if replaced:
+        remove(replaced)
     print(json.dumps({"run": str(out), **summary}))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,18 +106,82 @@ def save_train_state(
 def load_train_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore everything ``save_train_state`` wrote; returns the state.json document."""
-    from safetensors.torch import load_file
+    """Restore everything ``save_train_state`` wrote; returns the state.json document.
 
-    for name in ("model.safetensors", "optimizer.pt", "rng.safetensors", "state.json"):
-        if not (path / name).is_file():
-            raise UserError(f"{path / name}: missing; cannot resume from this run")
-    try:
-        doc = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    ``path`` is ``CKPT/train_state``. Each file is checked and a fault ends as one error naming
+    it: a link out of the checkpoint, weights of other shapes, an optimiser file holding
+    pickled objects (``weights_only`` refuses them; no code runs) or state of other shapes.
+    """
+    from policies.checkpoint import checked_file, load_weights, read_json
+
+    names = ("model.safetensors", "optimizer.pt", "rng.safetensors", "state.json")
+    f = {name: checked_file(path.parent, f"{path.name}/{name}") for name in names}
+    doc = read_json(f["state.json"])
+    if not _well_typed(doc):
+        raise UserError(
+            f"{f['state.json']}: 'step', 'scheduler', 'history' or 'best_success' is missing or "
+            f"of the wrong type; the training state is damaged"
+        )
+    load_weights(model, f["model.safetensors"], "the run's config.json")
+    load_optimizer(optimizer, f["optimizer.pt"])
+    with damaged(f["state.json"]):
         scheduler.load_state_dict(doc["scheduler"])
-        set_rng_state(load_file(str(path / "rng.safetensors")), doc["rng"])
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: cannot resume, training state is damaged ({e})") from None
+    with damaged(f["rng.safetensors"]):
+        from safetensors.torch import load_file
+
+        set_rng_state(load_file(str(f["rng.safetensors"])), doc["rng"])
     return doc
+
+
+def _well_typed(doc: Any) -> bool:
+    """state.json holds what the trainer reads, with the types it reads them as."""
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("step"), int)
+        and doc["step"] >= 0
+        and isinstance(doc.get("scheduler"), dict)
+        and isinstance(doc.get("history", []), list)
+        and isinstance(doc.get("best_success", 0), int | float)
+    )
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, f: Path) -> None:
+    """Optimiser state from ``f`` (plain tensors and numbers only), checked against the params."""
+    with damaged(f):
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(
+                f"{f}: not a file of plain tensors and numbers (handoff never unpickles "
+                f"anything else); the training state is damaged or was tampered with"
+            ) from None
+        optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.dim() and v.shape != p.shape:
+                    raise UserError(
+                        f"{f}: optimiser state {name!r} has shape {list(v.shape)} but its "
+                        f"parameter has {list(p.shape)}; the training state does not fit this run"
+                    )
+
+
+@contextlib.contextmanager
+def damaged(f: Path) -> Iterator[None]:
+    """Turn whatever a malformed file raises while being applied into one error naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        SafetensorError,
+    ) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{f}: cannot resume, the training state is damaged ({first})") from None

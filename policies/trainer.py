@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from data.errors import UserError
-from policies.checkpoint import replace_dir, save_policy
+from policies.checkpoint import checked_file, load_weights, replace_dir, save_policy
 from policies.common.config import StrictConfig
 from policies.common.policy import Policy
 from policies.train_state import EMA, load_train_state, preserved_rng, save_train_state
@@ -43,6 +43,13 @@ class TrainingDivergedError(RuntimeError):
 @dataclass
 class TrainConfig(StrictConfig):
     name: ClassVar[str] = "train"
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "beta1": (0.0, 1.0),
+        "beta2": (0.0, 1.0),
+        "min_lr_ratio": (0.0, 1.0),
+        "ema_power": (0.0, 10.0),
+        "ema_max_decay": (0.0, 1.0),
+    }
 
     steps: int = 100_000
     batch_size: int = 64  # diffusion_policy and ACT both train with 64 (ACT: 8 on real data)
@@ -93,8 +100,7 @@ class TrainConfig(StrictConfig):
                 raise UserError(f"train config: {key} must be >= 0")
         if self.lr <= 0:
             raise UserError("train config: lr must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError("train config: min_lr_ratio must be in [0, 1]")
+        self.check_limits()
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -241,16 +247,26 @@ class Trainer:
         raw = self.accelerator.unwrap_model(self.model)
         doc = load_train_state(state_dir, raw, self.optimizer, self.scheduler)
         if self.ema:
-            from safetensors.torch import load_file
-
-            f = state_dir / "ema.safetensors"
-            if not f.is_file():
-                raise UserError(f"{f}: missing; cannot resume this run with EMA")
-            self.ema.model.load_state_dict(load_file(str(f)))
+            f = checked_file(state_dir.parent, "train_state/ema.safetensors")
+            load_weights(self.ema.model, f, "the run's config.json")
         self.step = int(doc["step"])
         self.best_success = float(doc.get("best_success", -1.0))
         self.history = list(doc.get("history", []))
         log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _diverged(self, loss: float) -> str:
+        """What to do after a NaN/inf loss, naming a checkpoint only if one was written."""
+        last = self.run_dir / "last"
+        lr = self.config.lr
+        if (last / "train_state").is_dir():
+            return (
+                f"loss became {loss} at step {self.step}; stopped. The last good checkpoint is "
+                f"{last}: lower lr (now {lr}), then --resume"
+            )
+        return (
+            f"loss became {loss} at step {self.step}, before the first checkpoint; stopped, "
+            f"nothing was saved. Lower lr (now {lr}) and train again"
+        )
 
     # ---- evaluation -----------------------------------------------------------------------------
 
@@ -333,11 +349,7 @@ class Trainer:
                 t1 = time.perf_counter()
                 loss, info = self.model(batch)
                 if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"loss became {float(loss.detach())} at step {self.step}; stopped. The "
-                        f"last good checkpoint is {self.run_dir / 'last'} — lower lr (now "
-                        f"{c.lr}) or check the data for NaNs, then --resume"
-                    )
+                    raise TrainingDivergedError(self._diverged(float(loss.detach())))
                 acc.backward(loss)
                 if c.grad_clip > 0:
                     acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)

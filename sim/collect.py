@@ -6,7 +6,9 @@
 
 Episode i of a run uses seed ``--seed + i`` (a failed seed is replaced by the next unused one
 unless ``--keep-failures``). Each finished episode is committed at once, so Ctrl-C keeps every
-finished episode. An existing store is appended to when its embodiment matches the task's.
+finished episode. An existing store is appended to when its embodiment, cameras and task match
+and the asked seeds are not in it yet; ``--force`` builds a new store beside it and swaps it in
+only when the run ends (an interrupted ``--force`` run leaves the old store as it was).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 
 from data.embodiment import Embodiment
 from data.errors import UserError, cli_main
+from data.outputs import check_output, check_writable, is_url, publish, remove, staging_if_exists
 from data.store import DemoStore
+from sim._gl import require_gl
 from sim.tasks import TASKS
 from sim.workers import run_jobs
 
@@ -81,6 +85,28 @@ def check_store_matches(store: DemoStore, spec: Embodiment) -> None:
         )
 
 
+def check_store_task(store: DemoStore, task: str, seed: int | None, episodes: int) -> int:
+    """Refuse appending ``task`` to a store of other tasks, or seeds the store already holds
+    (they would repeat its episodes exactly); returns the first seed to use."""
+    metas = [store.episode_meta(i) for i in range(store.n_episodes)]
+    tasks = sorted({m["task"] for m in metas if m.get("task")})
+    if tasks and task not in tasks:
+        raise UserError(
+            f"{store.path}: the store holds task(s) {tasks}, not {task!r}; collect --task {task} "
+            "into another --out (handoff-data merge combines stores on purpose)"
+        )
+    have = {m.get("seed") for m in metas if m.get("task", task) == task}
+    if seed is None:  # continue after the seeds already in the store
+        return max((s for s in have if isinstance(s, int)), default=-1) + 1
+    repeated = sorted(have & set(range(seed, seed + episodes)))
+    if repeated:
+        raise UserError(
+            f"{store.path}: seeds {repeated} of --task {task} are already in the store; "
+            "omit --seed to continue after them, or give another --seed"
+        )
+    return seed
+
+
 def collect(
     task: str,
     episodes: int,
@@ -108,14 +134,21 @@ def collect(
         load_embodiment("sim_panda").with_cameras(list(cameras), image_size)
     )
     out = str(out)
-    if Path(out).exists() and not force:
+    check_output(out)  # a writable location, before anything is made
+    if cameras:
+        require_gl()  # a GL back-end that cannot render: one line, nothing written
+    appending = Path(out).exists() and not force
+    stage = None
+    if appending:
+        if Path(out).is_dir():
+            check_writable(Path(out) / "data" / "x")  # appends land inside the store
         store = DemoStore.open(out, "a")
         check_store_matches(store, spec)
-    else:
-        store = DemoStore.create(out, spec, force=force)
-    if seed is None:  # continue after the seeds already in the store
-        seeds = [store.episode_meta(i).get("seed") for i in range(store.n_episodes)]
-        seed = max((s for s in seeds if isinstance(s, int)), default=-1) + 1
+        seed = check_store_task(store, task, seed, episodes)
+    else:  # an existing store (--force) is replaced only when this run completes
+        stage = staging_if_exists(out)
+        store = DemoStore.create(stage or out, spec, force=force)
+        seed = 0 if seed is None else seed
     setup = functools.partial(_task_setup, task, tuple(cameras), tuple(image_size))
     written, tried, successes = 0, 0, 0
     next_seed = seed
@@ -139,8 +172,16 @@ def collect(
                     written += 1
                     bar.update(1)
                 bar.set_postfix(success=f"{successes}/{tried}")
+    except BaseException:
+        if stage:  # the store it was to replace stays as it was
+            remove(stage)
+        elif not appending and written == 0 and not is_url(out):
+            remove(out)  # leave nothing behind that this run made and did not fill
+        raise
     finally:
         bar.close()
+    if stage:
+        publish(stage, Path(out))
     if written < episodes:
         raise UserError(
             f"the {task} expert succeeded in only {successes} of {tried} episodes; "

@@ -5,8 +5,11 @@
 
 Formats are found by name in :data:`FORMATS` (``data.registry.Registry``); each module in this
 package registers one. Conversion streams one episode at a time (see data/convert/base.py):
-a handoff output is appended episode by episode (an interrupted run leaves a valid store of
-the finished ones); other outputs are built in ``.DST.partial`` and renamed when complete.
+a new handoff output is appended episode by episode (an interrupted run leaves a valid store
+of the finished ones); other outputs, and any output that replaces an existing DST
+(``--force``), are built in ``.DST.partial`` and swapped in only when complete (data/outputs.py),
+so DST is never deleted before its replacement is whole, and a DST that is, holds or lies
+inside SRC is refused before anything is read.
 
 What a round trip handoff -> X -> handoff keeps (the report's ``not_carried`` / ``notes``
 say it per run):
@@ -38,6 +41,7 @@ from data.convert import handoff, lerobot, robomimic, rosbag  # noqa: F401  (reg
 from data.convert.base import FORMATS, Episode, Format, Report
 from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
+from data.outputs import check_output
 
 __all__ = ["FORMATS", "Episode", "Format", "Report", "convert"]
 
@@ -76,10 +80,8 @@ def convert(
     src, dst = _location(src, fin, "source"), _location(dst, fout, "destination")
     if isinstance(src, Path) and not src.exists():
         raise UserError(f"{src}: no such file or directory")
-    if isinstance(src, Path) and isinstance(dst, Path) and src.resolve() == dst.resolve():
-        raise UserError(f"{dst}: source and destination are the same path")
-    if isinstance(dst, Path) and dst.exists() and not force:
-        raise UserError(f"{dst} already exists; pass --force to overwrite it")
+    # before anything is read or written: DST must not be, hold or sit in SRC, and be writable
+    check_output(dst, [src], force=force, what="destination")
     spec = load_embodiment(embodiment) if isinstance(embodiment, str | Path) else embodiment
 
     report = Report(str(src), str(dst), from_format, to_format)

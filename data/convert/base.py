@@ -10,17 +10,15 @@ formats carry (``reward``, ``done``, ``sim_state``) keep those names.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from data.embodiment import Embodiment
 from data.errors import UserError
+from data.outputs import publish, staging_dir  # noqa: F401  (the writers' staging, shared)
 from data.registry import Registry
 
 # Per-step extras some formats carry besides observations and actions (robomimic, LeRobot).
@@ -138,23 +136,81 @@ class Format:
 FORMATS: Registry[Format] = Registry("format")
 
 
-def staging_dir(dst: Path) -> Path:
-    """A sibling directory to build a non-handoff output in; renamed into place when done."""
-    tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.parent.mkdir(parents=True, exist_ok=True)  # DST may name folders that do not exist yet
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    return tmp
-
-
-def publish(tmp: Path, dst: Path) -> None:
-    """Move a finished output from its staging path to ``dst`` (replacing a --force'd one)."""
-    if dst.exists():
-        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-    os.replace(tmp, dst)
-
-
 def require_keys(where: str, have: list[str] | set[str], need: list[str]) -> None:
     missing = [k for k in need if k not in have]
     if missing:
         raise UserError(f"{where}: missing key(s) {missing}; it has {sorted(have)}")
+
+
+# ---- checks every reader applies to what it hands on (helper D, issue 12 items 5 and 6) ----
+
+RATE_ATTR = "control_hz"  # store attr: the steps' rate, kept when a store has no embodiment
+
+
+def source_rate(where: str, rate: Any, embodiment: Embodiment | None) -> float | None:
+    """A source's step rate in Hz (None when it has none), checked before anything is read.
+
+    Readers expose it as ``fps`` so a writer can carry it (a handoff store without an
+    embodiment keeps it in the ``control_hz`` attr; a LeRobot export needs it). Refused when it
+    is not a positive number, or disagrees with the embodiment's ``control_hz``: steps recorded
+    at one rate and run at another are silently wrong.
+    """
+    if rate is None:
+        return None
+    hz = float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else 0.0
+    if not 0 < hz < float("inf"):
+        raise UserError(f"{where}: rate {rate!r} must be a positive number of Hz")
+    if embodiment is not None and abs(hz - embodiment.control_hz) > 1e-6 * hz:
+        raise UserError(
+            f"{where}: {hz:g} Hz, but embodiment {embodiment.name!r} has control_hz "
+            f"{embodiment.control_hz:g}; pass an embodiment with control_hz {hz:g}"
+        )
+    return hz
+
+
+def drop_keys_option(value: Any) -> tuple[str, ...]:
+    """The ``drop_keys`` read option (``"joint_vel,reward"`` or a list) as key names."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(k, str) for k in items):
+        raise UserError(f"drop_keys={value!r}: give key names, e.g. -o drop_keys=joint_vel")
+    return tuple(k.strip() for k in items if k.strip())
+
+
+def checked_episode(
+    episode: Episode,
+    where: str,
+    report: Report,
+    drop: tuple[str, ...] = (),
+    names: dict[str, str] | None = None,
+) -> Episode:
+    """``episode`` without the ``drop`` keys; refused if a float value is NaN or infinite.
+
+    Non-finite values surface in training only as "loss became nan", far from their cause, so
+    every reader passes its episodes through here. The refusal names the source (``where``:
+    file and episode), the key (``names`` maps handoff keys to the source's own names) and the
+    first bad step. A key that is never finite (a ros2_control arm without a velocity
+    interface publishes NaN velocities) can be left out with ``-o drop_keys=KEY``.
+    """
+    for key in drop:
+        if episode.steps.pop(key, None) is not None:
+            report.note(f"{key} left out (drop_keys)")
+    for key, v in episode.steps.items():
+        if v.dtype.kind not in "fc" or not len(v):
+            continue
+        bad = ~np.isfinite(v).reshape(len(v), -1).all(axis=1)  # (T,)
+        if not bad.any():
+            continue
+        name = (names or {}).get(key, key)
+        if bad.all():
+            raise UserError(
+                f"{where}: {name} is NaN or infinite at every step: the source never measured "
+                f"it (e.g. an arm without a velocity interface publishes NaN velocities); "
+                f"pass -o drop_keys={key} to convert without it"
+            )
+        raise UserError(
+            f"{where}: {name} is NaN or infinite at step {int(np.argmax(bad))} ({int(bad.sum())} "
+            f"of {len(v)} steps); repair the source, or pass -o drop_keys={key} to leave it out"
+        )
+    return episode

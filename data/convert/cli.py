@@ -27,8 +27,12 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--from", dest="from_format", required=True, metavar="FORMAT", help=names)
     s.add_argument("--to", dest="to_format", required=True, metavar="FORMAT", help=names)
     s.add_argument("src", help="input store, file or directory")
-    s.add_argument("dst", help="output path (refused if it exists, unless --force)")
-    s.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    s.add_argument(
+        "dst", help="output path (refused if it exists, unless --force; never inside SRC)"
+    )
+    s.add_argument(
+        "--force", action="store_true", help="replace DST once the new output is complete"
+    )
     s.add_argument(
         "--embodiment", help="spec name or YAML path (needed for rosbag2; overrides the source's)"
     )

@@ -6,25 +6,50 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.convert.base import FORMATS, Episode, Format, Reader, Report
+from data.convert.base import (
+    FORMATS,
+    RATE_ATTR,
+    Episode,
+    Format,
+    Reader,
+    Report,
+    checked_episode,
+    drop_keys_option,
+    source_rate,
+)
 from data.embodiment import Embodiment
+from data.outputs import is_url, publish, remove, staging_if_exists
 from data.store import SCHEMA_ATTR, SOURCES, DemoStore
 
-_STORE_OWN_ATTRS = {SCHEMA_ATTR, "embodiment"}
+_STORE_OWN_ATTRS = {SCHEMA_ATTR, "embodiment", RATE_ATTR}
 
 
 class HandoffReader:
-    def __init__(self, path: str | Path, report: Report, embodiment: Embodiment | None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        report: Report,
+        embodiment: Embodiment | None,
+        *,
+        drop_keys: Any = None,
+    ) -> None:
         self.store = DemoStore.open(path, "r")
-        self.embodiment = self.store.embodiment or embodiment
+        self.path, self.report, self.drop = path, report, drop_keys_option(drop_keys)
+        self.embodiment = spec = self.store.embodiment or embodiment
         self.attrs = {k: v for k, v in self.store.attrs.items() if k not in _STORE_OWN_ATTRS}
+        # the steps' rate: the spec's, or (a store made without one) the one its source had
+        rate = self.store.attrs.get(RATE_ATTR)
+        self.fps = source_rate(f"{path} attr {RATE_ATTR}", rate, spec) or (
+            spec.control_hz if spec else None
+        )
 
     def __len__(self) -> int:
         return self.store.n_episodes
 
     def episodes(self) -> Iterator[Episode]:
         for i in range(self.store.n_episodes):
-            yield Episode(self.store.episode(i), self.store.episode_meta(i))
+            episode = Episode(self.store.episode(i), self.store.episode_meta(i))
+            yield checked_episode(episode, f"{self.path} episode {i}", self.report, self.drop)
 
     def close(self) -> None:
         pass
@@ -44,7 +69,13 @@ class HandoffWriter:
     ) -> None:
         self.report = report
         self.from_format = report.from_format
-        self.store = DemoStore.create(path, embodiment, force=force, attrs=_jsonable(reader.attrs))
+        # an existing DST (--force) is replaced only when complete (data/outputs.py)
+        self.path, self.stage = path, staging_if_exists(path)
+        attrs = _jsonable(reader.attrs)
+        rate = getattr(reader, "fps", None)
+        if embodiment is None and rate:  # keep the source's rate (a LeRobot export needs it)
+            attrs[RATE_ATTR] = rate
+        self.store = DemoStore.create(self.stage or path, embodiment, force=force, attrs=attrs)
 
     def write(self, episode: Episode) -> None:
         meta: dict[str, Any] = dict(episode.meta)
@@ -53,10 +84,16 @@ class HandoffWriter:
         self.store.append_episode(episode.steps, **meta)
 
     def close(self) -> None:
-        pass
+        if self.stage:
+            publish(self.stage, self.path)
 
     def abort(self) -> None:
-        pass  # committed episodes stay: the store is valid up to the last finished one
+        # a new store keeps its committed episodes (valid up to the last finished one);
+        # a replacement is dropped, so the DST it was to replace stays as it was
+        if self.stage:
+            remove(self.stage)
+        elif not self.store.n_episodes and not is_url(self.path):
+            remove(self.path)  # refused before its first episode: leave nothing behind
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +115,7 @@ FORMATS.register("handoff")(
         description="handoff zarr demonstration store (directory)",
         open_reader=HandoffReader,
         open_writer=HandoffWriter,
+        read_options=("drop_keys",),
         urls=True,  # DemoStore opens fsspec URLs (DESIGN.md: stores on object storage)
     )
 )

@@ -75,11 +75,21 @@ class LeRobotWriter:
         crf: int = DEFAULT_CRF,
         task: str | None = None,
     ) -> None:
-        # --fps, else the control rate, else a source that has a frame rate (LeRobot)
-        self.fps = float(
-            fps or (embodiment.control_hz if embodiment else 0) or getattr(reader, "fps", 0)
-        )
-        if self.fps <= 0:
+        # the steps' own rate (the control rate, else the source's), or --fps for a source
+        # without one; LeRobot frames are the steps as they are, so --fps cannot retime them
+        for name, value in (("fps", fps), ("crf", crf)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise UserError(f"{name}={value!r}: give a number")
+        rate = (embodiment.control_hz if embodiment else None) or getattr(reader, "fps", None)
+        if fps and rate and abs(float(fps) - rate) > 1e-6 * rate:
+            raise UserError(
+                f"--fps {fps:g} differs from the source's rate {rate:g} Hz: LeRobot frames are "
+                f"the steps as recorded (not resampled); leave --fps out"
+            )
+        self.fps = float(fps or rate or 0)
+        if not self.fps > 0:
             raise UserError("writing LeRobot needs a frame rate: pass --fps or --embodiment")
         self.path, self.tmp = path, staging_dir(path)
         self.report, self.embodiment, self.attrs = report, embodiment, dict(reader.attrs)
@@ -235,7 +245,7 @@ class LeRobotWriter:
             f"videos/{key}/to_timestamp": enc.n_frames / self.fps,
         }
         self._image_stats(key, frames)
-        if enc.path.stat().st_size > pos.limit:
+        if enc.n_bytes > pos.limit:  # not the file's size: x264 may not have written yet
             enc.close()
             del self.encoders[key]
             pos.advance()

@@ -35,8 +35,11 @@ from data.convert.base import (
     Format,
     Reader,
     Report,
+    checked_episode,
+    drop_keys_option,
     is_image,
     publish,
+    source_rate,
     staging_dir,
 )
 from data.embodiment import Embodiment
@@ -84,7 +87,11 @@ def _demo_order(names: list[str]) -> list[str]:
 
 
 class RobomimicReader:
-    def __init__(self, path: Path, report: Report, embodiment: Embodiment | None) -> None:
+    """Reads robomimic demos; every dataset's dtype and shape is checked before use."""
+
+    def __init__(
+        self, path: Path, report: Report, embodiment: Embodiment | None, *, drop_keys: Any = None
+    ) -> None:
         import h5py
 
         try:
@@ -94,23 +101,30 @@ class RobomimicReader:
         if "data" not in self.file or not isinstance(self.file["data"], h5py.Group):
             self.file.close()
             raise UserError(f"{path}: not a robomimic file (no data/ group of demo_N)")
-        self.path = path
-        self.report = report
+        self.path, self.report, self.drop = path, report, drop_keys_option(drop_keys)
         data = self.file["data"]
-        spec = data.attrs.get(SPEC_ATTR)
+        spec = _json_attr(data.attrs, SPEC_ATTR, f"{path} data/", dict)
         self.embodiment = embodiment or (
-            Embodiment.from_dict(json.loads(spec), f"{path} data/{SPEC_ATTR}") if spec else None
+            Embodiment.from_dict(spec, f"{path} data/{SPEC_ATTR}") if spec else None
         )
         self.demos = _demo_order([n for n in data if isinstance(data[n], h5py.Group)])
         self.attrs: dict[str, Any] = {}
-        env_args = data.attrs.get("env_args")
+        env_args = _json_attr(data.attrs, "env_args", f"{path} data/", dict)
         if env_args is not None:
-            self.attrs[ENV_ARGS_ATTR] = json.loads(env_args)
-        # robomimic has no time axis: steps are 1 / control_freq apart (robosuite's env kwarg)
-        kwargs = self.attrs.get(ENV_ARGS_ATTR, {}).get("env_kwargs", {})
-        self.hz = self.embodiment.control_hz if self.embodiment else kwargs.get("control_freq")
+            self.attrs[ENV_ARGS_ATTR] = env_args
+        # robomimic has no time axis: steps are 1 / control_freq apart (robosuite's env kwarg);
+        # the rate is carried on (``fps``) so the store and a LeRobot export keep it
+        kwargs = (env_args or {}).get("env_kwargs")
+        rate = kwargs.get("control_freq") if isinstance(kwargs, dict) else None
+        where = f"{path} data/ env_args.env_kwargs.control_freq"
+        self.hz = source_rate(where, rate, self.embodiment) or (
+            self.embodiment.control_hz if self.embodiment else None
+        )
+        self.fps = self.hz
         self.filters: dict[str, set[str]] = {}
         for key, names in self.file["mask"].items() if "mask" in self.file else []:
+            if not isinstance(names, h5py.Dataset) or names.dtype.kind not in "SOU":
+                raise UserError(f"{path}: mask/{key} must list demo names (strings)")
             self.filters[key] = {n.decode() if isinstance(n, bytes) else str(n) for n in names[:]}
         if "model_file" in (data[self.demos[0]].attrs if self.demos else {}):
             report.drop("robomimic model_file (per-demo MJCF XML; replay uses sim_state)")
@@ -119,40 +133,74 @@ class RobomimicReader:
         return len(self.demos)
 
     def episodes(self) -> Iterator[Episode]:
-        task = (self.attrs.get(ENV_ARGS_ATTR) or {}).get("env_name")
         for name in self.demos:
-            demo = self.file["data"][name]
-            if "actions" not in demo or "obs" not in demo:
-                raise UserError(f"{self.path}: data/{name} has no actions or obs/ (not robomimic)")
-            steps: dict[str, np.ndarray] = {}
-            for key, ds in demo["obs"].items():
-                steps[handoff_key(key)] = self._array(ds, f"data/{name}/obs/{key}")
-            steps["action"] = self._array(demo["actions"], f"data/{name}/actions")
-            for src, dst in PER_STEP.items():
-                if src in demo:
-                    steps[dst] = self._array(demo[src], f"data/{name}/{src}")
-            if self.hz:
-                steps["timestamp"] = np.arange(len(steps["action"])) / float(self.hz)
-            for src in json.loads(demo.attrs.get(SYNTH_ATTR, "[]")):
-                steps.pop(PER_STEP[src], None)  # filled in by our writer, not data
-            if META_ATTR in demo.attrs:
-                meta = json.loads(demo.attrs[META_ATTR])
-            else:
-                meta = {"source": "converted", "robomimic_demo": name}
-                if task:
-                    meta["task"] = task
-                if REWARD in steps:
-                    # robomimic tasks reward 1 on success (sparse): a demo that earned it succeeded
-                    meta["success"] = bool(np.max(steps[REWARD]) > 0)
-            keys = sorted(k for k, members in self.filters.items() if name in members)
-            if keys:
-                meta["filter_keys"] = keys
-            split = [k for k in SPLIT_KEYS if k in keys]
-            if len(split) == 1:
-                meta["split"] = split[0]
-            yield Episode(steps, meta)
+            where = f"{self.path} data/{name}"
+            try:
+                steps, meta, names = self._demo(name)
+            except (KeyError, TypeError, ValueError, IndexError, OSError) as e:
+                raise UserError(f"{where} is malformed ({type(e).__name__}: {e})") from None
+            yield checked_episode(Episode(steps, meta), where, self.report, self.drop, names)
+
+    def _demo(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, str]]:
+        """(steps, meta, {key: source dataset}) of one demo."""
+        import h5py
+
+        demo = self.file["data"][name]
+        if not isinstance(demo.get("actions"), h5py.Dataset) or not isinstance(
+            demo.get("obs"), h5py.Group
+        ):
+            raise UserError(f"{self.path}: data/{name} has no actions or obs/ (not robomimic)")
+        sources = {handoff_key(k): f"data/{name}/obs/{k}" for k in demo["obs"]}
+        sources["action"] = f"data/{name}/actions"
+        sources |= {dst: f"data/{name}/{src}" for src, dst in PER_STEP.items() if src in demo}
+        if len(sources) < len(demo["obs"]) + 1 + sum(s in demo for s in PER_STEP):
+            raise UserError(f"{self.path}: data/{name}: two datasets map to one handoff key")
+        steps = {key: self._array(self.file[where], where) for key, where in sources.items()}
+        lengths = {sources[k]: len(v) for k, v in steps.items()}
+        if len(set(lengths.values())) > 1:
+            raise UserError(f"{self.path}: data/{name} datasets differ in length: {lengths}")
+        if self.hz:
+            steps["timestamp"] = np.arange(len(steps["action"])) / float(self.hz)
+        synth = _json_attr(demo.attrs, SYNTH_ATTR, f"{self.path} data/{name}", list) or []
+        for src in synth:
+            steps.pop(PER_STEP.get(src, ""), None)  # filled in by our writer, not data
+        meta = _json_attr(demo.attrs, META_ATTR, f"{self.path} data/{name}", dict)
+        if meta is None:
+            meta = {"source": "converted", "robomimic_demo": name}
+            task = (self.attrs.get(ENV_ARGS_ATTR) or {}).get("env_name")
+            if task:
+                meta["task"] = str(task)
+            if REWARD in steps:
+                # robomimic tasks reward 1 on success (sparse): a demo that earned it succeeded
+                meta["success"] = bool(np.max(steps[REWARD]) > 0)
+        keys = sorted(k for k, members in self.filters.items() if name in members)
+        if keys:
+            meta["filter_keys"] = keys
+        split = [k for k in SPLIT_KEYS if k in keys]
+        if len(split) == 1:
+            meta["split"] = split[0]
+        return steps, meta, sources
 
     def _array(self, ds: Any, where: str) -> np.ndarray:
+        """A per-step dataset (T, ...) of numbers; images (``*_image``) uint8 (T, H, W, C)."""
+        import h5py
+
+        if not isinstance(ds, h5py.Dataset):
+            raise UserError(f"{self.path}: {where} is a group, not a dataset")
+        if ds.dtype.kind not in "fiub" or ds.ndim == 0:
+            raise UserError(
+                f"{self.path}: {where} holds {ds.dtype} {list(ds.shape)}: expected per-step "
+                "numbers (T, ...)"
+            )
+        if where.endswith("_image") and (
+            ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[-1] not in (1, 3, 4)
+        ):
+            raise UserError(
+                f"{self.path}: {where} holds {ds.dtype} {list(ds.shape)}: robomimic images are "
+                "uint8 (T, H, W, 3)"
+            )
+        if where.endswith("/actions") and ds.ndim != 2:
+            raise UserError(f"{self.path}: {where} has shape {list(ds.shape)}; expected (T, Da)")
         try:
             a = np.asarray(ds[()])
         except (OSError, KeyError) as e:
@@ -163,6 +211,20 @@ class RobomimicReader:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _json_attr(attrs: Any, name: str, where: str, kind: type) -> Any:
+    """A JSON-string attribute (robomimic's env_args, our own) parsed, or None when absent."""
+    raw = attrs.get(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{where}: attribute {name} is not JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{where}: attribute {name} must be a JSON {kind.__name__}")
+    return value
 
 
 class RobomimicWriter:
@@ -185,6 +247,7 @@ class RobomimicWriter:
         self.file = h5py.File(self.tmp, "w")
         self.data = self.file.create_group("data")
         self.env_args = reader.attrs.get(ENV_ARGS_ATTR)
+        self.fps = getattr(reader, "fps", None)
         others = sorted(set(reader.attrs) - {ENV_ARGS_ATTR})
         if others:
             report.drop(f"store attrs {others} (robomimic keeps only env_args)")
@@ -240,11 +303,13 @@ class RobomimicWriter:
 
     def close(self) -> None:
         self.data.attrs["total"] = self.total
-        env_args = self.env_args or {"env_name": self.task or "unknown", "type": 1}
+        env_args = dict(self.env_args or {"env_name": self.task or "unknown", "type": 1})
+        # the steps' rate (the spec's, else the source's): robomimic keeps it here
+        rate = self.embodiment.control_hz if self.embodiment is not None else self.fps
+        kwargs = env_args.get("env_kwargs")
+        if rate and (kwargs is None or isinstance(kwargs, dict)):
+            env_args["env_kwargs"] = {"control_freq": rate, **(kwargs or {})}
         if self.embodiment is not None:
-            env_args.setdefault("env_kwargs", {}).setdefault(
-                "control_freq", self.embodiment.control_hz
-            )
             self.data.attrs[SPEC_ATTR] = json.dumps(self.embodiment.to_dict())
         self.data.attrs["env_args"] = json.dumps(env_args)
         if self.filters:
@@ -271,5 +336,6 @@ FORMATS.register("robomimic")(
         description="robomimic HDF5 (data/demo_N/{obs,actions,rewards,dones,states}, mask/)",
         open_reader=RobomimicReader,
         open_writer=RobomimicWriter,
+        read_options=("drop_keys",),
     )
 )

@@ -13,6 +13,15 @@ action holds the measured joint positions and an open gripper. Episodes are deli
 marker topic (``/handoff/episode``, JSON ``{"event": "start"|"end", ...metadata}``) when the
 bag has it, otherwise by pauses longer than ``gap_s`` in ``/joint_states``.
 
+Joint states are merged by name: an arm whose gripper fingers (or joint groups) come from
+separate drivers publishes several JointState messages on one topic, and each joint takes its
+own newest value under the same rule and max age (rosbag_msgs.JointStates). ``joint_vel`` is
+read when the spec observes it: a topic with empty velocities leaves it out (noted); NaN
+velocities (ros2_control without a velocity interface) are refused like every non-finite value
+(base.checked_episode), ``-o drop_keys=joint_vel`` converts without them. Messages are checked
+against the type each topic is read as, and one that does not decode is refused by topic and
+time.
+
 Memory: low-dim messages and image *stamps* are read in one pass; image data is decoded per
 episode, only for the frames the steps use.
 """
@@ -27,13 +36,22 @@ from typing import Any
 import numpy as np
 
 from data.align import align, common_span, control_grid, split_at_gaps
-from data.convert.base import FORMATS, Episode, Format, Report
+from data.convert.base import (
+    FORMATS,
+    Episode,
+    Format,
+    Report,
+    checked_episode,
+    drop_keys_option,
+)
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
     KEYS_FIELD,
+    MARKER_TYPE,
     SPEC_TOPIC,
     TOPIC_OPTIONS,
     BagTopics,
+    JointStates,
     StreamBuffer,
     by_name,
     decode_image,
@@ -47,6 +65,9 @@ from data.embodiment import Embodiment
 from data.errors import UserError
 
 NS = 1_000_000_000
+JOINT = "joint_states:"  # stream names of single joints (JointStates.streams)
+FLOATS = "std_msgs/msg/Float64MultiArray"
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 class RosbagReader:
@@ -60,6 +81,7 @@ class RosbagReader:
         max_age_s: float | None = None,
         action_offset_s: float | None = None,
         task: str | None = None,
+        drop_keys: Any = None,
         **topics: str,
     ) -> None:
         from rosbags.highlevel import AnyReader
@@ -70,15 +92,16 @@ class RosbagReader:
             self.bag.open()
         except Exception as e:  # rosbags raises several reader error types
             raise UserError(f"{path}: not a rosbag2 directory or file ({e})") from None
+        self.path, self.report = path, report
         self.conns = {c.topic: c for c in self.bag.connections}
+        self.topic_conns: dict[str, list[Any]] = {}  # a topic may have several connections
+        for c in self.bag.connections:
+            self.topic_conns.setdefault(c.topic, []).append(c)
         if embodiment is None and SPEC_TOPIC in self.conns:
-            for conn, _, raw in self.bag.messages(connections=[self.conns[SPEC_TOPIC]]):
-                spec_dict = json.loads(self._msg(raw, conn).data)
-                embodiment = Embodiment.from_dict(spec_dict, f"{path} {SPEC_TOPIC}")
-                break
+            embodiment = self._bag_spec()
         self.spec = spec = spec_required(embodiment, "reading a rosbag2")
-        self.embodiment, self.attrs, self.report, self.path = spec, {}, report, path
-        self.task = task
+        self.embodiment, self.attrs, self.fps = spec, {}, spec.control_hz
+        self.task, self.drop = task, drop_keys_option(drop_keys)
         # recorder defaults (handoff_ros recorder.py): 3 periods max age, half-period offset
         self.max_age = int((max_age_s if max_age_s is not None else 3 * spec.dt) * NS)
         self.action_offset = int(
@@ -89,7 +112,30 @@ class RosbagReader:
         self._read_lowdim()
         self.segments = self._split()
 
+    def _bag_spec(self) -> Embodiment | None:
+        """The embodiment the bag carries on /handoff/embodiment (our writer puts it there)."""
+        where = f"{self.path} {SPEC_TOPIC}"
+        self._check_type(SPEC_TOPIC, (MARKER_TYPE,))
+        for conn, log_ns, raw in self._messages(connections=self.topic_conns[SPEC_TOPIC]):
+            try:
+                spec_dict = json.loads(self._msg(raw, conn, log_ns).data)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not JSON ({e})") from None
+            if not isinstance(spec_dict, dict):
+                raise UserError(f"{where}: not a JSON object")
+            return Embodiment.from_dict(spec_dict, where)
+        return None
+
     # ---- topics ------------------------------------------------------------------------------
+
+    def _check_type(self, topic: str, types: tuple[str, ...]) -> None:
+        """Refuse a topic recorded with another message type than the one it is read as."""
+        for conn in self.topic_conns.get(topic, []):
+            if conn.msgtype not in types:
+                raise UserError(
+                    f"{self.path}: {topic} carries {conn.msgtype}, expected {' or '.join(types)}; "
+                    f"set the matching *_topic option"
+                )
 
     def _need(self, topic: str, what: str, option: str) -> Any:
         if topic not in self.conns:
@@ -124,12 +170,31 @@ class RosbagReader:
             for topic in self.conns
             if topic.startswith(EXTRA_PREFIX) and topic not in (t.marker_topic, SPEC_TOPIC)
         }
+        types = {
+            t.joint_states_topic: "sensor_msgs/msg/JointState",
+            t.trajectory_topic: "trajectory_msgs/msg/JointTrajectory",
+            t.forward_topic: FLOATS,
+            t.gripper_topic: FLOATS,
+            t.engaged_topic: "std_msgs/msg/Bool",
+            t.marker_topic: MARKER_TYPE,
+            t.eef_pose_topic: "geometry_msgs/msg/PoseStamped",
+            t.object_state_topic: FLOATS,
+            **{topic: FLOATS for topic in self.extras.values()},
+        }
+        for topic, msgtype in types.items():
+            self._check_type(topic, (msgtype,))
+        for conn in self.camera_conns.values():
+            self._check_type(conn.topic, IMAGE_TYPES)
 
     # ---- pass 1: low-dim messages and image stamps ---------------------------------------
 
     def _read_lowdim(self) -> None:
-        t = self.topics
-        self.streams: dict[str, StreamBuffer] = {"joint_states": StreamBuffer(t.joint_states_topic)}
+        t, spec = self.topics, self.spec
+        # velocities only where the spec observes them (or lists no observation at all)
+        self.read_vel = "joint_vel" in spec.observation or not spec.observation
+        self.fingers = t.finger_names if "gripper_pos" in spec.observation else []
+        self.joints = JointStates(t.joint_states_topic, [*spec.joint_names, *self.fingers])
+        self.streams: dict[str, StreamBuffer] = {}
         for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
             self.streams[name] = StreamBuffer(name)
         for topic in self.extras.values():
@@ -137,12 +202,12 @@ class RosbagReader:
         self.camera_log: dict[str, list[int]] = {cam: [] for cam in self.camera_conns}
         self._events: list[tuple[int, str, np.ndarray]] = []  # (log ns, part, command values)
         handlers: dict[str, Callable[[Any, int, str], None]] = {
-            t.joint_states_topic: self._on_joint_states,
+            t.joint_states_topic: lambda msg, ns, topic: self.joints.add(
+                msg, stamp_ns(msg, ns), ns
+            ),
             t.trajectory_topic: self._on_trajectory,
             t.forward_topic: self._on_forward,
-            t.gripper_topic: lambda msg, ns, topic: self._events.append(
-                (ns, "gripper", np.asarray(msg.data[:1], np.float64))
-            ),
+            t.gripper_topic: self._on_gripper,
             t.engaged_topic: lambda msg, ns, topic: self.streams["engaged"].add(
                 ns, intervention=np.array(bool(msg.data))
             ),
@@ -161,29 +226,31 @@ class RosbagReader:
                 ns, **{key: np.asarray(msg.data, np.float64)}
             )
         cam_topics = {c.topic: cam for cam, c in self.camera_conns.items()}
-        wanted = [c for c in self.conns.values() if c.topic in handlers or c.topic in cam_topics]
-        for conn, log_ns, raw in self.bag.messages(connections=wanted):
+        wanted = [c for c in self.bag.connections if c.topic in handlers or c.topic in cam_topics]
+        for conn, log_ns, raw in self._messages(connections=wanted):
             cam = cam_topics.get(conn.topic)
             if cam is not None:  # images: only the stamp now, pixels per episode later
-                ns = header_stamp_ns(raw)
+                ns = header_stamp_ns(raw, f"{self.path}: {conn.topic} at {log_ns / NS:.3f} s")
                 self.streams[cam].add(ns if ns > 0 else log_ns)
                 self.camera_log[cam].append(log_ns)
             else:
-                handlers[conn.topic](self._msg(raw, conn), log_ns, conn.topic)
-        if not self.streams["joint_states"].n:
+                handlers[conn.topic](self._msg(raw, conn, log_ns), log_ns, conn.topic)
+        if not self.joints.stamps.n:
             raise UserError(f"{self.path}: {t.joint_states_topic} has no messages")
         self.action = self._commands(self._events)
         self.data = {name: s.arrays() for name, s in self.streams.items() if s.n}
+        self.data["joint_states"] = self.joints.stamps.arrays()
+        self.data |= {JOINT + n: stream for n, stream in self.joints.streams().items()}
+        if self.read_vel and not self.joints.velocities:
+            self.read_vel = False
+            self.report.note(
+                f"{t.joint_states_topic} carries no velocities (empty velocity): joint_vel left out"
+            )
 
-    def _on_joint_states(self, msg: Any, log_ns: int, topic: str) -> None:
-        joints = list(self.spec.joint_names)
-        values = {
-            "joint_pos": by_name(msg.name, msg.position, joints, topic),
-            "joint_vel": by_name(msg.name, msg.velocity, joints, topic, optional=True),
-        }
-        if "gripper_pos" in self.spec.observation:
-            values["gripper_pos"] = by_name(msg.name, msg.position, self.topics.finger_names, topic)
-        self.streams["joint_states"].add(stamp_ns(msg, log_ns), **values)
+    def _on_gripper(self, msg: Any, log_ns: int, topic: str) -> None:
+        if not len(msg.data):
+            raise UserError(f"{self.path}: {topic} message at {log_ns / NS:.3f} s is empty")
+        self._events.append((log_ns, "gripper", np.asarray(msg.data[:1], np.float64)))
 
     def _on_eef_pose(self, msg: Any, log_ns: int, topic: str) -> None:
         p, o = msg.pose.position, msg.pose.orientation
@@ -207,8 +274,30 @@ class RosbagReader:
             )
         self._events.append((log_ns, "arm" if len(data) == spec.n_joints else "all", data))
 
-    def _msg(self, raw: Any, conn: Any) -> Any:
-        return self.bag.deserialize(raw, conn.msgtype)
+    def _messages(self, **kwargs: Any) -> Iterator[tuple[Any, int, Any]]:
+        """The bag's messages; a damaged file (chunk, index, database) is one UserError."""
+        messages = self.bag.messages(**kwargs)
+        while True:
+            try:
+                item = next(messages)
+            except StopIteration:
+                return
+            except Exception as e:  # rosbags' readers raise many error types on a bad file
+                raise UserError(
+                    f"{self.path}: the bag cannot be read on ({type(e).__name__}: {e}); it is "
+                    f"damaged"
+                ) from None
+            yield item
+
+    def _msg(self, raw: Any, conn: Any, log_ns: int) -> Any:
+        try:
+            return self.bag.deserialize(raw, conn.msgtype)
+        except Exception as e:  # rosbags raises struct, index, value... errors on bad bytes
+            raise UserError(
+                f"{self.path}: the {conn.msgtype} message on {conn.topic} logged at "
+                f"{log_ns / NS:.3f} s does not decode ({type(e).__name__}: {e}); the bag is "
+                f"damaged or was recorded with another definition of that message"
+            ) from None
 
     def _commands(self, events: list[tuple[int, str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """The full command (Da,) after each command message: (stamps (N,), commands (N, Da)).
@@ -261,13 +350,25 @@ class RosbagReader:
         return len(self.segments)
 
     def episodes(self) -> Iterator[Episode]:
-        for a, b, meta in self.segments:
-            episode = self._episode(a, b, meta)
+        topic = self.topics.joint_states_topic
+        names = {
+            "joint_pos": f"{topic} position",
+            "joint_vel": f"{topic} velocity",
+            "gripper_pos": f"{topic} position of {self.fingers}",
+            "action": "the action (command topics)",
+        }
+        for i, (a, b, meta) in enumerate(self.segments):
+            where = f"{self.path} episode {i} (from {a / NS:.3f} s)"
+            try:
+                episode = self._episode(a, b, meta)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise UserError(f"{where} is malformed ({type(e).__name__}: {e})") from None
             if episode is not None:
-                yield episode
+                yield checked_episode(episode, where, self.report, self.drop, names)
 
     def _episode(self, a: int, b: int, meta: dict[str, Any]) -> Episode | None:
-        obs_streams = ["joint_states", *self.camera_conns]
+        joint_streams = [JOINT + n for n in self.joints.want]
+        obs_streams = [*joint_streams, *self.camera_conns]
         obs_streams += [n for n in ("eef_pose", "object_state") if n in self.data]
         obs_streams += [EXTRA_PREFIX + k for k in self.extras if EXTRA_PREFIX + k in self.data]
         inside = {}
@@ -293,9 +394,10 @@ class RosbagReader:
         for name in obs_streams:
             if name in self.camera_conns:
                 steps[name] = self._frames(name, al.index[name])
-            else:
+            elif name not in joint_streams:
                 for key, values in self.data[name][1].items():
                     steps[key] = al.take(name, values)
+        steps |= self._joint_steps(al)
         action = al.take("action", self.action[1])
         before = al.index["action"] < 0  # no command yet at these ticks
         action[before, :-1] = np.nan
@@ -307,7 +409,14 @@ class RosbagReader:
             flags = al.take("engaged", self.data["engaged"][1]["intervention"])
             steps["intervention"] = np.where(al.index["engaged"] < 0, False, flags)
         steps["timestamp"] = np.arange(len(ticks)) / self.spec.control_hz
-        gaps = {k: v for k, v in al.report().items() if v and k not in ("any", "action")}
+        gaps = {
+            k: v
+            for k, v in al.report().items()
+            if v and k not in ("any", "action") and not k.startswith(JOINT)
+        }
+        joint_gaps = np.any([al.gaps[name] for name in joint_streams], axis=0)
+        if joint_gaps.any():  # one count for the topic, however its joints were split
+            gaps = {"joint_states": int(joint_gaps.sum()), **gaps}
         meta = dict(meta)
         keys = meta.pop(KEYS_FIELD, {})
         for key, (dtype, shape) in keys.items():
@@ -324,6 +433,22 @@ class RosbagReader:
             self.report.note("some episodes have gap steps (meta has_gaps / gap_steps)")
         return Episode(steps, meta)
 
+    def _joint_steps(self, al: Any) -> dict[str, np.ndarray]:
+        """joint_pos (T, J), joint_vel (T, J) and gripper_pos (T, F), each joint from its own
+        stream (messages merged by name, see JointStates)."""
+
+        def column(names: list[str], field: str) -> np.ndarray:
+            cols = [al.take(JOINT + n, self.data[JOINT + n][1][field]) for n in names]
+            return np.stack(cols, axis=1).astype(np.float32)
+
+        joints = list(self.spec.joint_names)
+        steps = {"joint_pos": column(joints, "position")}
+        if self.read_vel:
+            steps["joint_vel"] = column(joints, "velocity")
+        if self.fingers:
+            steps["gripper_pos"] = column(self.fingers, "position")
+        return steps
+
     def _frames(self, cam: str, index: np.ndarray) -> np.ndarray:
         """Decode the frames ``index`` (T,) of camera ``cam`` -> (T, H, W, 3)."""
         import cv2
@@ -332,15 +457,16 @@ class RosbagReader:
         idx = np.maximum(index, 0)
         wanted = {int(stamps[i]): None for i in np.unique(idx)}
         logs = np.asarray(self.camera_log[cam])[np.unique(idx)]
-        conn = self.camera_conns[cam]
+        topic = self.camera_conns[cam].topic
         shape = self.spec.camera(cam).shape
         decoded: dict[int, np.ndarray] = {}
-        for _, log_ns, raw in self.bag.messages(
-            connections=[conn], start=int(logs.min()), stop=int(logs.max()) + 1
+        for conn, log_ns, raw in self._messages(
+            connections=self.topic_conns[topic], start=int(logs.min()), stop=int(logs.max()) + 1
         ):
-            ns = header_stamp_ns(raw) or log_ns
+            ns = header_stamp_ns(raw, topic)
+            ns = ns if ns > 0 else log_ns
             if ns in wanted:
-                img = decode_image(self._msg(raw, conn), conn.msgtype, conn.topic)
+                img = decode_image(self._msg(raw, conn, log_ns), conn.msgtype, conn.topic)
                 if img.shape != shape:
                     img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
                     self.report.note(f"{conn.topic}: frames resized to the spec's {shape[:2]}")
@@ -363,7 +489,14 @@ FORMATS.register("rosbag2")(
         description="ROS 2 bag (read MCAP or sqlite3, write MCAP) via rosbags",
         open_reader=RosbagReader,
         open_writer=_open_writer,
-        read_options=("gap_s", "max_age_s", "action_offset_s", "task", *TOPIC_OPTIONS),
+        read_options=(
+            "gap_s",
+            "max_age_s",
+            "action_offset_s",
+            "task",
+            "drop_keys",
+            *TOPIC_OPTIONS,
+        ),
         write_options=("gap_s", "image_format", *TOPIC_OPTIONS),
     )
 )

@@ -61,12 +61,14 @@ def typestore() -> Any:
     return get_typestore(Stores.ROS2_KILTED)
 
 
-def header_stamp_ns(raw: bytes | memoryview) -> int:
+def header_stamp_ns(raw: bytes | memoryview, where: str = "message") -> int:
     """Stamp of a CDR message whose first field is std_msgs/Header, without deserialising it.
 
     CDR: 4-byte encapsulation header (byte 1: 0 big-endian, 1 little-endian), then
     builtin_interfaces/Time {int32 sec, uint32 nanosec}.
     """
+    if len(raw) < 12:
+        raise UserError(f"{where}: a message of {len(raw)} bytes is too short for its header")
     order = "<" if raw[1] == 1 else ">"
     sec, nsec = struct.unpack_from(order + "iI", raw, 4)
     return sec * 1_000_000_000 + nsec
@@ -134,7 +136,17 @@ def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
     channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(enc)
     if channels is None:
         raise UserError(f"{where}: image encoding {msg.encoding!r} is not supported (use rgb8)")
-    rows = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)
+    data = np.asarray(msg.data, np.uint8)
+    if (
+        not (msg.height and msg.width)
+        or msg.step < msg.width * channels
+        or (len(data) < msg.height * msg.step)
+    ):
+        raise UserError(
+            f"{where}: a {msg.width}x{msg.height} {enc} image with step {msg.step} cannot hold "
+            f"its {len(data)} bytes of data (damaged message)"
+        )
+    rows = data[: msg.height * msg.step].reshape(msg.height, msg.step)
     img = rows[:, : msg.width * channels].reshape(msg.height, msg.width, channels)
     if enc == "mono8":
         return np.repeat(img, 3, axis=2)
@@ -152,23 +164,85 @@ def spec_required(embodiment: Embodiment | None, what: str) -> Embodiment:
     return embodiment
 
 
-def by_name(
-    names: list[str], values: Any, want: list[str], topic: str, optional: bool = False
-) -> np.ndarray:
-    """values (len(names),) picked in ``want`` order by name (never by position).
-
-    ``optional``: an empty array (JointState leaves velocity empty when unknown) gives zeros.
-    """
+def by_name(names: list[str], values: Any, want: list[str], topic: str) -> np.ndarray:
+    """values (len(names),) picked in ``want`` order by name (never by position)."""
     where = {n: i for i, n in enumerate(names)}
     missing = [n for n in want if n not in where]
     if missing:
         raise UserError(f"{topic}: joint(s) {missing} not in the message (it has {list(names)})")
     values = np.asarray(values, np.float64)
-    if optional and len(values) == 0:
-        return np.zeros(len(want), np.float32)
     if len(values) < len(names):
         raise UserError(f"{topic}: {len(names)} joint names but {len(values)} values")
     return values[[where[n] for n in want]].astype(np.float32)
+
+
+class JointStates:
+    """``sensor_msgs/JointState`` messages merged by joint name.
+
+    Arms whose gripper fingers come from a separate driver publish them in their own message
+    on the same topic (one message with the arm joints, another with the fingers). So each
+    message is kept as it is, per set of wanted joints it carries (one buffer add per
+    message), and :meth:`streams` gives every wanted joint its own stream: each control tick
+    then takes each joint's newest value by data/align.py's rule and max age, which merges
+    joints from different messages within the alignment window. Empty ``velocity`` (ROS's
+    "unknown") is NaN; a topic that never carries velocities is reported by :attr:`velocities`.
+    """
+
+    def __init__(self, topic: str, want: list[str]) -> None:
+        self.topic, self.want = topic, want
+        self.groups: dict[tuple[str, ...], StreamBuffer] = {}
+        self.stamps = StreamBuffer(topic)  # every message with a wanted joint (episode splits)
+        self.seen: set[str] = set()
+        self.velocities = False  # some message carried velocities
+
+    def add(self, msg: Any, ns: int, log_ns: int) -> None:
+        names = [str(n) for n in msg.name]
+        pos = np.asarray(msg.position, np.float64)
+        vel = np.asarray(msg.velocity, np.float64)
+        if len(pos) != len(names) or len(vel) not in (0, len(names)):
+            raise UserError(
+                f"{self.topic}: the message logged at {log_ns / 1e9:.3f} s has {len(names)} "
+                f"names, {len(pos)} positions and {len(vel)} velocities (damaged message)"
+            )
+        self.seen.update(names)
+        index = {n: i for i, n in enumerate(names)}
+        carried = tuple(n for n in self.want if n in index)
+        if not carried:
+            return
+        pick = [index[n] for n in carried]
+        buf = self.groups.setdefault(carried, StreamBuffer(self.topic))
+        buf.add(
+            ns, position=pos[pick], velocity=vel[pick] if len(vel) else np.full(len(pick), np.nan)
+        )
+        self.velocities |= bool(len(vel))
+        self.stamps.add(ns)
+
+    def streams(self) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """{joint: (stamps (N,) sorted, {"position": (N,), "velocity": (N,)})} of each wanted
+        joint, from every message that carried it."""
+        missing = [n for n in self.want if not any(n in g for g in self.groups)]
+        if missing:
+            raise UserError(
+                f"{self.topic}: joint(s) {missing} are in no message (names seen: "
+                f"{sorted(self.seen)[:40]}); use an embodiment whose joint_names match, and set "
+                f"the gripper_joints option to the finger joints"
+            )
+        groups = {g: buf.arrays() for g, buf in self.groups.items()}
+        out = {}
+        for name in self.want:
+            parts = [
+                (stamps, values, g.index(name))
+                for g, (stamps, values) in groups.items()
+                if name in g
+            ]
+            stamps = np.concatenate([p[0] for p in parts])
+            order = np.argsort(stamps, kind="stable")  # ties keep arrival order per message set
+            values = {
+                k: np.concatenate([v[k][:, i] for _, v, i in parts])[order]
+                for k in ("position", "velocity")
+            }
+            out[name] = (stamps[order], values)
+        return out
 
 
 def parse_marker(text: Any, path: Path) -> dict[str, Any]:

@@ -119,12 +119,17 @@ class RosbagWriter:
                 if fingers
                 else [steps["joint_pos"][i]]
             )
-            vel = steps.get("joint_vel", np.zeros((T, spec.n_joints)))[i]
+            # no joint_vel: empty velocity, JointState's "unknown" (not made-up zeros)
+            vel = (
+                np.concatenate([steps["joint_vel"][i], np.zeros(len(fingers))])
+                if "joint_vel" in steps
+                else np.zeros(0)
+            )
             js = types["sensor_msgs/msg/JointState"](
                 header=header,
                 name=[*spec.joint_names, *fingers],
                 position=np.concatenate(pos).astype(np.float64),
-                velocity=np.concatenate([vel, np.zeros(len(fingers))]).astype(np.float64),
+                velocity=vel.astype(np.float64),
                 effort=np.zeros(0),
             )
             self._write(t.joint_states_topic, "sensor_msgs/msg/JointState", ns, js)

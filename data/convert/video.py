@@ -7,13 +7,15 @@ it); that loss is what a video round trip costs. ``gop`` 2 follows LeRobot's enc
 a keyframe every second frame keeps random access (training-time seeking) cheap.
 
 Frames of one file are numbered 0, 1, 2, ... across the episodes written into it; frame i
-has presentation time i / fps, which is what LeRobot's ``from_timestamp`` indexes.
+has presentation time i / fps, which is what LeRobot's ``from_timestamp`` indexes. Reading
+picks each row's frame by time (``from_timestamp`` + the row's ``timestamp``), not by position.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,10 @@ from data.errors import UserError
 CODECS = ("libx264", "h264", "libsvtav1", "libaom-av1", "libvpx-vp9", "mpeg4")
 DEFAULT_CRF = 18
 DEFAULT_GOP = 2
+# How far a frame's time may be from a row's timestamp: LeRobot's default ``tolerance_s``
+# (LeRobotDataset), far below any frame period yet above float32 timestamp rounding (< 1e-5 s
+# for episodes under ~100 s).
+DEFAULT_TOLERANCE_S = 1e-4
 
 
 def pick_codec(requested: str | None = None) -> tuple[str, str | None]:
@@ -79,6 +85,9 @@ class VideoEncoder:
             options["crf"] = str(crf)
         self.stream.options = options
         self.n_frames = 0
+        # bytes muxed so far: the file on disk lags the encoder (x264 holds its first frames
+        # until later ones or the final flush arrive, and the header is written with them)
+        self.n_bytes = 0
 
     def add(self, frames: np.ndarray) -> None:
         import av
@@ -87,20 +96,27 @@ class VideoEncoder:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[..., :3]), format="rgb24")
             frame.pts = self.n_frames
             self.n_frames += 1
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+            self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: list[Any]) -> None:
+        for packet in packets:
+            self.n_bytes += packet.size
+            self.container.mux(packet)
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
+        self._mux(self.stream.encode())
         self.container.close()
 
 
 class VideoDecoder:
-    """Reads frames of one MP4 file in order; episodes stored back to back decode in one pass.
+    """Reads frames of one MP4 file by time; episodes stored back to back decode in one pass.
 
-    :meth:`read` returns the ``n`` frames starting at time ``start_s``; asking for an earlier
-    time than the last read reopens the file.
+    Each requested time gets the frame whose presentation time is nearest to it, as LeRobot's
+    own loader does (``decode_video_frames``: frames are matched to the row's ``timestamp``,
+    never by position, so a 30 fps video under a 10 fps dataset still gives each row its own
+    frame). A frame farther than ``tolerance_s`` from the time asked for is refused: it would
+    silently put another moment's image beside the row's state and action. Times asked for in
+    increasing order decode in one pass; an earlier time than the last reopens the file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -114,34 +130,55 @@ class VideoDecoder:
 
         try:
             self.container = av.open(str(self.path))
-        except av.error.FFmpegError as e:
+            stream = self.container.streams.video[0]
+        except (av.error.FFmpegError, IndexError) as e:
             raise UserError(f"{self.path}: not a readable video ({e})") from None
-        stream = self.container.streams.video[0]
         stream.thread_type = "AUTO"
         self.rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         self._frames = self.container.decode(stream)
-        self._pending = None
-        self._last_time = -1.0
+        self._n = 0  # frames decoded so far (times for frames without one)
+        self._prev: tuple[float, Any] | None = None  # the frame before the cursor
+        self._cur = self._next()  # the first frame at or after the last time asked for
 
-    def read(self, start_s: float, n: int, fps: float) -> np.ndarray:
-        """(n, H, W, 3) uint8: frames with time in [start_s, start_s + n / fps)."""
-        half = 0.5 / fps
-        if start_s < self._last_time - half:
-            self.container.close()
-            self._open()
+    def _next(self) -> tuple[float, Any] | None:
+        import av
+
+        try:
+            frame = next(self._frames, None)
+        except (av.error.FFmpegError, ValueError) as e:
+            raise UserError(f"{self.path}: video damaged after frame {self._n} ({e})") from None
+        if frame is None:
+            return None
+        self._n += 1
+        if frame.time is not None:
+            return float(frame.time), frame
+        return (self._n - 1) / (self.rate or 1.0), frame
+
+    def frames_at(self, times: np.ndarray, tolerance_s: float, where: str) -> np.ndarray:
+        """(T, H, W, 3) uint8: for each of ``times`` (T,) seconds, the nearest frame.
+
+        ``where`` names the rows (e.g. the episode) in the refusal when no frame lies within
+        ``tolerance_s`` of a time.
+        """
         out = []
-        while len(out) < n:
-            frame = self._pending if self._pending is not None else next(self._frames, None)
-            self._pending = None
-            if frame is None:
+        for t in np.asarray(times, np.float64).tolist():
+            if self._prev is not None and t < self._prev[0]:
+                self.container.close()
+                self._open()
+            while self._cur is not None and self._cur[0] < t:
+                self._prev, self._cur = self._cur, self._next()
+            near = [c for c in (self._prev, self._cur) if c is not None]
+            if not near:
+                raise UserError(f"{self.path}: video has no frames ({where})")
+            ft, frame = min(near, key=lambda c: abs(c[0] - t))
+            if abs(ft - t) > tolerance_s:
+                rate = f"{self.rate:g} fps" if self.rate else "unknown rate"
                 raise UserError(
-                    f"{self.path}: video ends after {len(out)} of {n} frames from {start_s:.3f} s"
+                    f"{self.path}: {where}: no frame within {tolerance_s:g} s of t={t:.6f} s "
+                    f"(nearest at {ft:.6f} s, video {rate}); the video does not match the "
+                    f"rows' timestamps (pass -o tolerance_s=... to accept a farther frame)"
                 )
-            t = float(frame.time) if frame.time is not None else 0.0
-            if t < start_s - half:
-                continue
             out.append(frame.to_ndarray(format="rgb24"))
-            self._last_time = t
         return np.stack(out)
 
     def close(self) -> None:

@@ -12,6 +12,21 @@ from policies.common.config import PolicyConfig
 @dataclass
 class ACTConfig(PolicyConfig):
     name: ClassVar[str] = "act"
+    # Far above the paper's sizes (512 wide, 4 + 1 + 4 layers), bounded so a hostile
+    # config.json cannot make the model too big to build (StrictConfig.LIMITS).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        **PolicyConfig.LIMITS,
+        "dim_model": (1, 8192),
+        "n_heads": (1, 256),
+        "dim_feedforward": (1, 65536),
+        "n_encoder_layers": (1, 64),
+        "n_decoder_layers": (1, 64),
+        "n_vae_encoder_layers": (1, 64),
+        "latent_dim": (1, 4096),
+        "dropout": (0.0, 1.0),
+        "kl_weight": (0.0, 1e6),
+        "temporal_ensemble_coeff": (0.0, 1e3),
+    }
 
     n_obs_steps: int = 1  # ACT conditions on the current observation only
     horizon: int = 100  # chunk size k = 100 at 50 Hz (paper)
@@ -52,5 +67,3 @@ class ACTConfig(PolicyConfig):
             )
         if self.dim_model % self.n_heads:
             raise UserError("act config: dim_model must be divisible by n_heads")
-        if self.kl_weight < 0:
-            raise UserError("act config: kl_weight must be >= 0")

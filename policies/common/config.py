@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,20 +14,32 @@ NORM_MODES = ("min_max", "mean_std", "identity")
 
 
 class StrictConfig:
-    """Dataclass mixin: ``to_dict`` / ``from_dict`` with unknown keys failing loudly."""
+    """Dataclass mixin: ``to_dict`` / ``from_dict`` with unknown keys failing loudly.
+
+    ``LIMITS`` maps a numeric field (or a list of numbers) to its inclusive range. A config
+    comes from untrusted files too (a checkpoint's ``config.json``, a run's settings), so sizes
+    are bounded before anything is built from them: far above any published model, far below
+    what would exhaust memory (``n_encoder_layers: 1000000000`` is refused, not allocated).
+    """
 
     name: ClassVar[str] = ""
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> Any:
+        if not isinstance(d, dict):
+            raise UserError(
+                f"{source}: expected a mapping of {cls.name} config keys, got "
+                f"{type(d).__name__} {_short(d)}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise UserError(
-                f"{source}: unknown {cls.name} config key(s) {sorted(unknown)}; "
+                f"{source}: unknown {cls.name} config key(s) {sorted(map(str, unknown))}; "
                 f"valid keys: {sorted(known)}"
             )
         hints = typing.get_type_hints(cls)
@@ -35,6 +48,14 @@ class StrictConfig:
 
     def replace(self, **changes: Any) -> Any:
         return type(self).from_dict({**self.to_dict(), **changes})
+
+    def check_limits(self) -> None:
+        """Every field named in ``LIMITS`` (each entry, for lists; None skipped) in range."""
+        for key, (lo, hi) in self.LIMITS.items():
+            value = getattr(self, key)
+            values = value if isinstance(value, list | tuple) else [value]
+            if any(v is not None and not lo <= v <= hi for v in values):
+                raise UserError(f"{self.name} config: {key} = {value} must be in [{lo:g}, {hi:g}]")
 
 
 @dataclass
@@ -47,6 +68,13 @@ class PolicyConfig(StrictConfig):
     """
 
     name: ClassVar[str] = ""
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "n_obs_steps": (1, 100),
+        "horizon": (1, 4096),  # 80 s at 50 Hz; ACT's chunk is 100, diffusion's 16
+        "n_action_steps": (1, 4096),
+        "crop_ratio": (0.5, 1.0),
+        "vision_width": (16, 512),  # 8x ResNet-18's 64 is ~0.7G parameters per camera
+    }
 
     obs_keys: list[str] | None = None
     n_obs_steps: int = 1  # To
@@ -61,11 +89,7 @@ class PolicyConfig(StrictConfig):
     exclude_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for key in ("n_obs_steps", "horizon", "n_action_steps", "vision_width"):
-            if int(getattr(self, key)) < 1:
-                raise UserError(f"{self.name} config: {key} must be >= 1")
-        if not 0.5 <= self.crop_ratio <= 1.0:
-            raise UserError(f"{self.name} config: crop_ratio must be in [0.5, 1.0]")
+        self.check_limits()
         if self.vision_width % 16:
             raise UserError(
                 f"{self.name} config: vision_width must be a multiple of 16 (GroupNorm uses "
@@ -76,6 +100,17 @@ class PolicyConfig(StrictConfig):
                 raise UserError(f"{self.name} config: {key} must be one of {NORM_MODES}")
         if self.obs_keys is not None and not self.obs_keys:
             raise UserError(f"{self.name} config: obs_keys is empty; list keys or leave it unset")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite(x: float, where: str) -> float:
+    if not math.isfinite(x):  # JSON's NaN/Infinity, YAML's .nan
+        raise UserError(f"{where} = {x} must be a finite number")
+    return x
 
 
 def _plain(v: Any) -> Any:
@@ -98,18 +133,18 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
                 return _coerce(v, a, where)
             except UserError:
                 continue
-        raise UserError(f"{where} = {v!r} does not fit type {hint}")
+        raise UserError(f"{where} = {_short(v)} does not fit type {hint}")
     if origin in (list, tuple):
         if not isinstance(v, list | tuple):
-            raise UserError(f"{where} must be a list, got {v!r}")
+            raise UserError(f"{where} must be a list, got {_short(v)}")
         inner = args[0] if args else Any
         items = [_coerce(x, inner, where) for x in v]
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
+        return _finite(float(v), where)
     if hint is float and isinstance(v, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
         try:
-            return float(v)
+            return _finite(float(v), where)
         except ValueError:
             pass
     if hint is int and isinstance(v, int) and not isinstance(v, bool):
@@ -120,4 +155,4 @@ def _coerce(v: Any, hint: Any, where: str) -> Any:
         return v
     if hint is Any:
         return v
-    raise UserError(f"{where} = {v!r} must be of type {getattr(hint, '__name__', hint)}")
+    raise UserError(f"{where} = {_short(v)} must be of type {getattr(hint, '__name__', hint)}")

@@ -81,13 +81,20 @@ class Normalizer:
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], source: str = "normalizer") -> Normalizer:
+        """Parameters as ``state_dict`` wrote them; refuses a missing half of a pair and values
+        that would turn every input into NaN/inf (non-finite entries, a zero scale)."""
         keys = {k.rsplit(".", 1)[0] for k in sd}
         params = {}
-        for key in keys:
+        for key in sorted(keys):
             try:
-                params[key] = (sd[f"{key}.scale"].float(), sd[f"{key}.offset"].float())
+                scale, offset = sd[f"{key}.scale"].float(), sd[f"{key}.offset"].float()
             except KeyError as e:
                 raise UserError(f"{source}: entry {e.args[0]!r} is missing") from None
+            if not (torch.isfinite(scale).all() and torch.isfinite(offset).all()):
+                raise UserError(f"{source}: entry {key!r} holds NaN/inf; the checkpoint is damaged")
+            if (scale == 0).any():
+                raise UserError(f"{source}: {key}.scale has zeros; the checkpoint is damaged")
+            params[key] = (scale, offset)
         return cls(params)
 
     def save(self, path: Path) -> None:

@@ -16,6 +16,21 @@ PREDICTION_TYPES = ("epsilon", "sample")
 @dataclass
 class DiffusionConfig(PolicyConfig):
     name: ClassVar[str] = "diffusion"
+    # Far above the paper's sizes (down_dims up to 1024, 8 transformer layers of 256), bounded
+    # so a hostile config.json cannot make the model too big to build (StrictConfig.LIMITS).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        **PolicyConfig.LIMITS,
+        "down_dims": (1, 8192),
+        "kernel_size": (1, 63),
+        "n_groups": (1, 1024),
+        "diffusion_step_embed_dim": (2, 8192),
+        "n_layer": (1, 64),
+        "n_head": (1, 256),
+        "n_emb": (1, 8192),
+        "p_drop_attn": (0.0, 1.0),
+        "num_train_timesteps": (1, 100_000),  # the schedulers hold a few arrays of this length
+        "num_inference_steps": (1, 100_000),
+    }
 
     n_obs_steps: int = 2  # To = 2, paper Table 12
     horizon: int = 16  # Tp = 16, paper Table 12
@@ -63,7 +78,11 @@ class DiffusionConfig(PolicyConfig):
             raise UserError(
                 "diffusion config: num_inference_steps must be in [1, num_train_timesteps]"
             )
-        if not self.down_dims or any(d % self.n_groups for d in self.down_dims):
+        if self.kernel_size % 2 == 0:
+            raise UserError("diffusion config: kernel_size must be odd (same-length convs)")
+        if not 1 <= len(self.down_dims) <= 8:
+            raise UserError("diffusion config: down_dims must list 1 to 8 channel widths")
+        if any(d % self.n_groups for d in self.down_dims):
             raise UserError(
                 f"diffusion config: every down_dims entry must be a multiple of n_groups "
                 f"({self.n_groups})"

@@ -1,0 +1,408 @@
+"""Outputs never cost the user data: an output that is, holds or lies inside an input is refused
+before anything is read; an overwrite (--force) swaps a complete new output in; an unwritable
+location or a GL back-end that cannot open is one error line with nothing left behind; resume
+and append refuse by name what differs from the run or the store (issue 12, items 1, 12, 14)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.cli import main as data_main
+from data.errors import UserError
+from data.outputs import check_output, publish, staging_dir
+from data.store import DemoStore
+from tests import test_train
+from tests.conftest import make_episode
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (or the file itself) by relative name -> content hash."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    """Run handoff-data in-process; (exit status, stderr lines)."""
+    try:
+        code = data_main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def nested(tmp_path, small_store) -> tuple[Path, Path, dict[str, str]]:
+    """The issue's layout: ``mkdir D; cp -r S D/in.zarr`` -> (D, D/in.zarr, its hashes)."""
+    d = tmp_path / "D"
+    d.mkdir()
+    shutil.copytree(small_store.path, d / "in.zarr")
+    return d, d / "in.zarr", tree(d / "in.zarr")
+
+
+def test_convert_into_folder_holding_the_source_is_refused(nested):
+    """The issue's exact command, as a user runs it."""
+    d, src, before = nested
+    r = subprocess.run(
+        [sys.executable, "-m", "data.cli", "convert", "--from", "handoff", "--to", "handoff"]
+        + [str(src), str(d), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert str(d) in lines[0] and str(src) in lines[0] and "contains" in lines[0]
+    assert tree(src) == before
+    assert sorted(p.name for p in d.iterdir()) == ["in.zarr"]
+
+
+def test_merge_split_export_refuse_outputs_overlapping_inputs(nested, tmp_path, capsys):
+    d, src, before = nested
+    link = tmp_path / "link.zarr"
+    link.symlink_to(src)
+    cases = [
+        ("merge", str(src), str(d), "--force"),  # output holds the input
+        ("merge", str(src), str(src / "sub.zarr"), "--force"),  # output inside the input
+        ("merge", str(src), str(link), "--force"),  # output is the input, through a link
+        ("convert", "--from", "handoff", "--to", "lerobot", str(link), str(src), "--force"),
+        ("split", str(src), str(d), str(tmp_path / "val.zarr"), "--force"),
+        ("split", str(src), str(tmp_path / "t.zarr"), str(tmp_path / "t.zarr/v"), "--force"),
+        ("export-video", str(src), "--episode", "0", "--out", str(src / "v.mp4")),
+    ]
+    for argv in cases:
+        code, err = cli(capsys, *argv)
+        assert code == 2 and len(err) == 1 and err[0].startswith("error:"), (argv, err)
+        assert tree(src) == before, argv
+    assert sorted(p.name for p in d.iterdir()) == ["in.zarr"]
+    assert not (tmp_path / "t.zarr").exists() and not (tmp_path / "val.zarr").exists()
+
+
+def test_force_replaces_only_a_complete_output(small_store, tmp_path, capsys, monkeypatch):
+    """--force over an existing output: the old one stays whole until the new one is done."""
+    out = tmp_path / "out.zarr"
+    assert cli(capsys, "merge", small_store.path, str(out))[0] == 0
+    before = tree(out)
+
+    append = DemoStore.append_episode
+
+    def crash(self, *a, **k):
+        if self.n_episodes == 2:
+            raise RuntimeError("disk died")
+        return append(self, *a, **k)
+
+    monkeypatch.setattr(DemoStore, "append_episode", crash)
+    convert = ("convert", "--from", "handoff", "--to", "handoff", "--quiet")
+    for argv in (
+        ("merge", small_store.path, str(out), "--force"),
+        (*convert, small_store.path, str(out), "--force"),
+    ):
+        with pytest.raises(RuntimeError, match="disk died"):
+            data_main(list(argv))
+        assert tree(out) == before, argv
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "small.zarr"]
+    monkeypatch.setattr(DemoStore, "append_episode", append)
+    assert cli(capsys, *convert, small_store.path, str(out), "--force")[0] == 0
+    assert DemoStore.open(out).n_episodes == 4
+
+
+def test_publish_swaps_files_folders_and_links(tmp_path):
+    """publish() replaces whatever is at DST (a folder, a file, a link - never its target)."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep").write_text("keep")
+    for kind in ("dir", "file", "link", "none"):
+        dst = tmp_path / f"dst_{kind}"
+        if kind == "dir":
+            dst.mkdir()
+            (dst / "old").write_text("old")
+        elif kind == "file":
+            dst.write_text("old")
+        elif kind == "link":
+            dst.symlink_to(target)
+        tmp = staging_dir(dst)
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+        publish(tmp, dst)
+        assert dst.is_dir() and not dst.is_symlink() and os.listdir(dst) == ["new"], kind
+        assert not tmp.exists()
+    assert (target / "keep").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dst_dir",
+        "dst_file",
+        "dst_link",
+        "dst_none",
+        "target",
+    ]
+
+
+# ---- item 12: unwritable outputs ------------------------------------------------------------
+
+
+def test_output_under_a_file_is_one_clear_error(small_store, tmp_path, capsys):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("x")
+    for argv in (
+        ("merge", small_store.path, str(blocker / "out.zarr")),
+        ("convert", "--from", "handoff", "--to", "robomimic", small_store.path, f"{blocker}/o.h5"),
+        ("export-video", small_store.path, "--episode", "0", "--out", str(blocker / "a/v.mp4")),
+    ):
+        code, err = cli(capsys, *argv)
+        assert code == 2 and len(err) == 1, (argv, err)
+        assert f"cannot write {blocker}" in err[0] and "is a file, not a folder" in err[0]
+    assert blocker.read_text() == "x"
+
+
+def test_read_only_location_is_refused_by_its_errno(tmp_path, monkeypatch):
+    """A read-only mount (EROFS) shows only when written; root ignores permission bits, so the
+    probe write is made to fail the way the kernel would."""
+    import errno
+
+    import data.outputs
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(data.outputs.tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError, match="cannot write .*out.zarr: Read-only file system"):
+        check_output(tmp_path / "ro" / "out.zarr", force=True)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody"
+)
+def test_read_only_folder_as_an_unprivileged_user(small_store):
+    """A real 0o555 folder, written by a user the permission bits apply to (nobody)."""
+    base = Path(tempfile.mkdtemp(prefix="handoff-ro-"))
+    try:
+        base.chmod(0o755)
+        src = base / "in.zarr"
+        shutil.copytree(small_store.path, src)
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)
+        ro.chmod(0o555)
+        for p in [src, *src.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            + [sys.executable, "-m", "data.cli", "merge", str(src), str(ro / "out.zarr")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parents[1],
+            env={**os.environ, "HOME": str(base), "MPLCONFIGDIR": str(base)},
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"error: cannot write {ro / 'out.zarr'}: Permission denied ({ro}); "
+            "choose a writable location"
+        ]
+        assert os.listdir(ro) == []
+    finally:
+        shutil.rmtree(base)
+
+
+# ---- handoff-collect: GL back-end, appending, --force ----------------------------------------
+
+
+def lift_store(path: Path, seeds=(0, 1)) -> DemoStore:
+    """A small store as handoff-collect --task lift writes it (no cameras)."""
+    from data.embodiment import load_embodiment
+    from sim.tasks import TASKS
+
+    spec = TASKS.get("lift").embodiment_for(load_embodiment("sim_panda").with_cameras([], None))
+    store = DemoStore.create(path, spec)
+    for s in seeds:
+        ep = make_episode(5, seed=s, image_hw=None)
+        ep["object_state"] = np.zeros((5, 10), np.float32)
+        store.append_episode(ep, task="lift", source="scripted", seed=s, success=True)
+    return store
+
+
+@pytest.fixture
+def fake_sim(monkeypatch):
+    """handoff-collect's episodes without the simulator; ``fail_after`` episodes, then a crash."""
+    import sim.collect
+
+    state = {"fail_after": None}
+
+    def run_jobs(setup, fn, seeds, workers):
+        for n, s in enumerate(seeds):
+            if state["fail_after"] is not None and n >= state["fail_after"]:
+                raise RuntimeError("simulator died")
+            ep = make_episode(5, seed=100 + s, image_hw=None)
+            ep["object_state"] = np.ones((5, 10), np.float32)
+            yield s, ep, True
+
+    monkeypatch.setattr(sim.collect, "run_jobs", run_jobs)
+    return state
+
+
+def test_collect_refuses_another_task_or_repeated_seeds(tmp_path, fake_sim):
+    from sim.collect import collect
+
+    store = lift_store(tmp_path / "lift.zarr")
+    before = tree(tmp_path / "lift.zarr")
+    with pytest.raises(UserError, match=r"holds task\(s\) \['lift'\], not 'can'"):
+        collect("can", 2, store.path, progress=False)
+    with pytest.raises(UserError, match=r"seeds \[1\] of --task lift are already in the store"):
+        collect("lift", 2, store.path, seed=1, progress=False)
+    assert tree(tmp_path / "lift.zarr") == before
+    assert collect("lift", 2, store.path, progress=False)["written"] == 2  # continues at seed 2
+    metas = [DemoStore.open(store.path).episode_meta(i) for i in range(4)]
+    assert [m["seed"] for m in metas] == [0, 1, 2, 3]
+
+
+def test_collect_force_keeps_the_old_store_until_the_new_one_is_done(tmp_path, fake_sim):
+    from sim.collect import collect
+
+    out = tmp_path / "lift.zarr"
+    lift_store(out)
+    before = tree(out)
+    fake_sim["fail_after"] = 1
+    with pytest.raises(RuntimeError, match="simulator died"):
+        collect("lift", 3, out, force=True, progress=False)
+    assert tree(out) == before
+    with pytest.raises(RuntimeError):  # a new store that got no episode is not left behind
+        fake_sim["fail_after"] = 0
+        collect("lift", 3, tmp_path / "new.zarr", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lift.zarr"]
+    fake_sim["fail_after"] = None
+    collect("lift", 3, out, force=True, progress=False)
+    assert DemoStore.open(out).n_episodes == 3 and tree(out) != before
+
+
+@pytest.mark.skipif(bool(os.environ.get("DISPLAY")), reason="glfw can open a window here")
+def test_collect_with_a_gl_backend_that_cannot_open(tmp_path):
+    """MUJOCO_GL=glfw on a headless machine: one line naming the back-ends that work, no store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HANDOFF_GL", "PYOPENGL_PLATFORM")}
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "handoff-collect"), "--task", "lift"]
+        + ["--episodes", "1", "--cameras", "agentview", "--out", str(tmp_path / "s.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "MUJOCO_GL": "glfw"},
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: MUJOCO_GL=glfw cannot render"), lines
+    assert "back-ends that work here: osmesa" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- handoff-train: --out, --force, --resume ----------------------------------------------
+
+
+def train_main(*argv: str) -> int:
+    from policies.train import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as e:
+        return e.code
+
+
+state_store = test_train.state_store  # the fixture: a state-only copy of small_store
+
+
+def train(store, out: Path, *flags: str, steps: int = 6, sets: tuple[str, ...] = ()) -> int:
+    """A tiny diffusion run on the CPU (the settings tests/test_train.py uses)."""
+    argv = ["--policy", "diffusion", "--data", str(store), "--out", str(out), "--steps"]
+    argv += [str(steps), "--batch-size", "4", "--device", "cpu", "--no-progress", *flags]
+    for item in (
+        "train.save_every=6",
+        "train.warmup_steps=2",
+        *test_train.TINY["diffusion"],
+        *sets,
+    ):
+        argv += ["--set", item]
+    return train_main(*argv)
+
+
+@pytest.fixture
+def run_dir(tmp_path, state_store):
+    """A 6-step tiny diffusion run on the state-only store (checkpoint at step 6)."""
+    assert train(state_store.path, tmp_path / "run") == 0
+    return tmp_path / "run"
+
+
+def resume(run: Path, *extra: str) -> int:
+    return train_main("--out", str(run), "--resume", "--no-progress", "--device", "cpu", *extra)
+
+
+def test_resume_refuses_settings_that_differ_from_the_run(run_dir, capsys):
+    before = tree(run_dir)
+    for extra, named in (
+        (["--set", "train.lr=3e-4"], "train.lr=3e-4 (run: 0.001)"),
+        (["--set", "policy.horizon=32", "--batch-size", "8"], "--batch-size 8 (run: 4)"),
+        (["--set", "policy.nope=1"], "policy.nope=1 (run: unset)"),
+        (["--policy", "act"], "--policy act (run: diffusion)"),
+    ):
+        assert resume(run_dir, *extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --resume continues the run"), err
+        assert named in err[0], err
+    assert tree(run_dir) == before
+    # what README documents: --steps extends a run; a --set equal to the saved value is fine
+    assert resume(run_dir, "--steps", "8", "--set", "train.warmup_steps=2") == 0
+    assert json.loads((run_dir / "last/train_meta.json").read_text())["step"] == 8
+
+
+def test_resume_refuses_a_store_that_changed(run_dir, state_store, capsys):
+    ep = state_store.episode(0)
+    state_store = DemoStore.open(state_store.path, "a")
+    state_store.append_episode(ep, task="lift", source="scripted", success=True, seed=9)
+    assert resume(run_dir, "--steps", "8") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and state_store.path in err[0], err
+    assert "changed since this run began (episodes 4 -> 5, steps 46 -> 56" in err[0]
+    assert "--allow-data-change" in err[0]
+    assert resume(run_dir, "--steps", "8", "--allow-data-change") == 0
+    assert resume(run_dir, "--steps", "10") == 0  # the accepted store is the run's store now
+
+
+def test_train_out_overlapping_the_data_is_refused(tmp_path, state_store, capsys):
+    d = tmp_path / "D"
+    d.mkdir()
+    shutil.copytree(state_store.path, d / "in.zarr")
+    before = tree(d / "in.zarr")
+    for out in (d, d / "in.zarr" / "run"):
+        assert train(d / "in.zarr", out, "--force") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"the input {d / 'in.zarr'}" in err[0], err
+        assert tree(d / "in.zarr") == before
+
+
+def test_train_force_keeps_the_old_run_until_the_new_one_finishes(
+    run_dir, state_store, monkeypatch
+):
+    from policies.diffusion.model import DiffusionPolicy
+
+    before = tree(run_dir)
+    # a bad setting is refused before the old run is touched
+    assert train(state_store.path, run_dir, "--force", sets=("train.lr=-1",)) == 2
+    assert tree(run_dir) == before
+
+    def killed(self, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffusionPolicy, "forward", killed)
+    assert train(state_store.path, run_dir, "--force") == 130
+    (aside,) = run_dir.parent.glob("run.replaced-*")
+    assert tree(aside) == before
+    monkeypatch.undo()
+    shutil.rmtree(aside)
+    assert train(state_store.path, run_dir, "--force") == 0
+    assert not list(run_dir.parent.glob("run.replaced-*"))
