@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tqdm import tqdm
 
 from data.dataset import split_episodes
 from data.errors import UserError, cli_main
+from data.outputs import check_output, is_url, overlap, publish, remove, staging_dir
 from data.store import DemoStore
 
 
@@ -103,10 +102,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from data.validate import validate_store
+    """One line per problem (exit 1); notes (an interrupted write's tail) do not fail it."""
+    from data.validate import check_store
 
-    store = DemoStore.open(args.store)
-    problems = validate_store(store, progress=not args.quiet)
+    store = DemoStore.open(args.store, verify=False)  # check_store reports missing chunks
+    problems, notes = check_store(store, progress=not args.quiet)
+    for note in notes:
+        print(f"note: {note}")
     for p in problems:
         print(p)
     if problems:
@@ -115,10 +117,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_episodes(
-    sources: list[tuple[DemoStore, list[int]]], out: str, force: bool, desc: str
-) -> DemoStore:
-    """Write the chosen episodes of each source into a new store at ``out``."""
+def _copy_episodes(sources: list[tuple[DemoStore, list[int]]], out: str, desc: str) -> DemoStore:
+    """Write the chosen episodes of each source into a new store at ``out`` (checked by
+    :func:`_check_outputs`); built in ``.OUT.partial`` and swapped in when complete."""
     first = sources[0][0]
     spec = first.embodiment
     for src, _ in sources[1:]:
@@ -128,48 +129,47 @@ def _copy_episodes(
             raise UserError(f"{src.path} is incompatible with {first.path}: {'; '.join(why)}")
         if sorted(src.keys) != sorted(first.keys):
             raise UserError(f"{src.path} has keys {src.keys}, {first.path} has {first.keys}")
-    for src, _ in sources:
-        if Path(src.path).resolve() == Path(out).resolve():
-            raise UserError(f"output {out} is also an input; choose a new path")
-    tmp = f"{out}.partial"
-    dst = DemoStore.create(tmp, spec, force=True)
+    tmp = staging_dir(Path(out))
+    dst = DemoStore.create(tmp, spec)
     total = sum(len(ids) for _, ids in sources)
-    with tqdm(total=total, desc=desc, unit="episode", disable=total < 5) as bar:
-        for src, ids in sources:
-            for i in ids:
-                dst.append_episode(src.episode(i), **src.episode_meta(i))
-                bar.update()
-    if Path(out).exists():
-        if not force:
-            shutil.rmtree(tmp)
-            raise UserError(f"{out} already exists; pass --force to overwrite it")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        with tqdm(total=total, desc=desc, unit="episode", disable=total < 5) as bar:
+            for src, ids in sources:
+                for i in ids:
+                    dst.append_episode(src.episode(i), **src.episode_meta(i))
+                    bar.update()
+    except BaseException:
+        remove(tmp)
+        raise
+    publish(tmp, Path(out))  # an existing OUT (--force) is replaced only now, when complete
     return DemoStore.open(out)
 
 
-def _refuse_existing(path: str, force: bool) -> None:
-    if Path(path).exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it")
+def _check_outputs(outs: list[str], inputs: list[str], force: bool) -> None:
+    """Every output checked before any store is opened: not an input, not each other."""
+    for i, out in enumerate(outs):
+        if is_url(out):
+            raise UserError(f"{out}: this command writes local stores only; give a local path")
+        check_output(out, inputs, force=force)
+        for other in outs[i + 1 :]:
+            if overlap(out, other):
+                raise UserError(f"outputs {out} and {other} overlap; give two separate paths")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    _check_outputs([args.out], args.sources, args.force)
     stores = [DemoStore.open(p) for p in args.sources]
-    out = _copy_episodes(
-        [(s, list(range(s.n_episodes))) for s in stores], args.out, args.force, "merge"
-    )
+    out = _copy_episodes([(s, list(range(s.n_episodes))) for s in stores], args.out, "merge")
     print(f"{out.path}: {out.n_episodes} episodes, {out.n_steps} steps")
     return 0
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    for p in (args.train_out, args.val_out):
-        _refuse_existing(p, args.force)
+    _check_outputs([args.train_out, args.val_out], [args.store], args.force)
     store = DemoStore.open(args.store)
     train, val = split_episodes(store, args.val_fraction, args.seed)
     for path, ids in ((args.train_out, train), (args.val_out, val)):
-        out = _copy_episodes([(store, ids)], path, args.force, f"split -> {path}")
+        out = _copy_episodes([(store, ids)], path, f"split -> {path}")
         print(f"{out.path}: {out.n_episodes} episodes ({ids})")
     return 0
 

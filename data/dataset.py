@@ -70,8 +70,7 @@ class SequenceDataset:
         self.image_keys = [k for k in self.obs_keys if is_image_array(data[k])]
         self.lowdim_keys = [k for k in self.obs_keys if k not in self.image_keys]
         self._lowdim = {
-            k: np.asarray(data[k][: s.n_steps], dtype=np.float32)
-            for k in [*self.lowdim_keys, action_key]
+            k: np.asarray(s.read(k), dtype=np.float32) for k in [*self.lowdim_keys, action_key]
         }
         ends = s.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
@@ -93,13 +92,17 @@ class SequenceDataset:
         self._act_offsets = np.arange(self.Tp)
         self.episodes = list(chosen)
         self._readers: dict[str, FrameIO] | None = None
+        for reader in self._readers_for().values():
+            reader.check(s.n_steps)  # a damaged shard is refused now, not at its first batch
 
     @property
     def store(self) -> DemoStore:
         # Each DataLoader worker opens its own handle: a forked copy of the parent's would share
-        # file offsets (zip stores) and event loops (zarr) with it.
+        # file offsets (zip stores) and event loops (zarr) with it. The first open lists and
+        # checks every chunk; a worker's reopen skips that (its frame reader still refuses a
+        # missing frame or a damaged shard index, see data/frames.py).
         if self._store is None or self._pid != os.getpid():
-            self._store = DemoStore.open(self._path, "r")
+            self._store = DemoStore.open(self._path, "r", verify=self._pid == os.getpid())
             self._readers = None
             self._pid = os.getpid()
         return self._store
@@ -252,7 +255,7 @@ def compute_stats(
             acc = Moments(int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
             for r in ranges:
                 for start in range(r.start, r.stop, STATS_BLOCK_ROWS):
-                    block = np.asarray(arr[start : min(r.stop, start + STATS_BLOCK_ROWS)])
+                    block = store.read(key, start, min(r.stop, start + STATS_BLOCK_ROWS))
                     acc.add(block.reshape(len(block), -1).astype(np.float64))
         out[key] = acc.result(key)
     return out

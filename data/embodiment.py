@@ -175,6 +175,9 @@ class Embodiment:
             raise UserError(
                 f"{source}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}"
             )
+        for key in ("gripper", "observation"):
+            if not isinstance(d.get(key) or {}, dict):
+                raise UserError(f"{source}: {key} must be a mapping, got {d[key]!r:.60}")
         try:
             kw = dict(d)
             kw["joint_names"] = tuple(kw["joint_names"])

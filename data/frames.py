@@ -12,6 +12,10 @@ mapped shards (only the touched pages are read) and written by rebuilding the ta
 renaming it into place, which is atomic. The bytes are exactly what zarr writes and reads, and
 any other layout (zip, object storage, other codecs, diffusion_policy's one-file-per-frame
 format 2 arrays) falls back to a simpler path or to zarr itself.
+
+Reading checks what zarr checks and a little more: a shard's index must match its CRC32C, and
+in an array whose every chunk must be on disk (:func:`chunks_complete`) a frame with no stored
+chunk is refused by name instead of being read as zarr's fill value (black).
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ MAX_SHARD_FRAMES = 512
 OPEN_SHARDS = 1024  # memory maps kept open per reader (per DataLoader worker)
 BLOSC_HEADER = 16  # bytes of a Blosc 1 frame header
 BLOSC_MEMCPYED = 0x02  # header flag: the payload is stored uncompressed
+COMPLETE_ATTR = "handoff_complete_chunks"  # array attribute: every chunk is written
+
+
+def chunks_complete(arr: zarr.Array) -> bool:
+    """Whether every chunk of ``arr`` holding committed rows must be stored.
+
+    zarr leaves out a chunk that is all fill value unless ``write_empty_chunks`` is set, so a
+    missing chunk may be data (zeros) or a loss. handoff writes every chunk of the arrays it
+    creates and marks them with ``COMPLETE_ATTR``; zarr-python 2, which wrote diffusion_policy
+    and UMI stores, writes every chunk by default. Other arrays (format 3 written before the
+    marker, or by other tools) read a missing chunk as fill value, as zarr does.
+    """
+    return arr.metadata.zarr_format == 2 or arr.attrs.get(COMPLETE_ATTR) is True
 
 
 def shard_frames(frame_shape: tuple[int, ...]) -> int:
@@ -90,6 +107,13 @@ def _inner_codecs(codecs) -> tuple[Callable, Callable] | None:
     return None
 
 
+def _crc32c(data: bytes | np.ndarray) -> bytes:
+    """The 4-byte little-endian CRC32C that zarr's sharding codec appends to a shard index."""
+    import google_crc32c
+
+    return struct.pack("<I", google_crc32c.value(memoryview(data).tobytes()))
+
+
 def _write_atomic(path: str, *parts: bytes | bytearray | memoryview) -> None:
     """Write ``parts`` one after another to a temporary file, then rename it onto ``path``."""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
@@ -116,6 +140,7 @@ class FrameIO:
         self.arr = arr
         self.label = label
         self.frame_shape = tuple(arr.shape[1:])
+        self.complete = chunks_complete(arr)
         self.mode = "zarr"
         root = getattr(arr.store_path.store, "root", None)
         if not isinstance(root, Path) or arr.chunks != (1, *self.frame_shape):
@@ -177,7 +202,13 @@ class FrameIO:
             raise ValueError("frames(out=...) needs a C-contiguous array")
         if self.mode == "zarr":
             unique, inverse = np.unique(idx, return_inverse=True)
-            out[...] = self.arr.get_orthogonal_selection((unique,))[inverse]
+            try:
+                out[...] = self.arr.get_orthogonal_selection((unique,))[inverse]
+            except Exception as e:  # zarr refuses a damaged chunk or shard index
+                raise UserError(
+                    f"{self.arr.store_path}: {self.label} steps {unique[0]}..{unique[-1]} cannot"
+                    f" be read ({e}); the store is damaged - run `handoff-data validate` on it"
+                ) from None
             return out
         flat = out.reshape(len(idx), -1)  # a view: frames are decoded as flat byte rows
         if self.mode == "shard":
@@ -196,12 +227,22 @@ class FrameIO:
                 f" - run `handoff-data validate` on the store"
             ) from None
 
+    def _missing(self, path: str, first: int, last: int) -> None:
+        """A frame with no stored chunk: refused where every chunk must be stored, else zarr's
+        fill value (the caller zero-fills)."""
+        if self.complete:
+            raise UserError(
+                f"{path}: no stored chunk for steps {first}..{last} of {self.label}; the store"
+                f" is damaged (a chunk file was lost) - restore it from a copy"
+            )
+
     def _chunk_frame(self, i: int, out: np.ndarray) -> None:
         path = self._path(i)
         try:
             with open(path, "rb") as f:
                 raw = np.frombuffer(f.read(), dtype=np.uint8)
-        except FileNotFoundError:  # never written: zarr's fill value
+        except FileNotFoundError:
+            self._missing(path, i, i)
             out[:] = 0
             return
         self._decode(raw, out, path, i)
@@ -222,10 +263,23 @@ class FrameIO:
             o, n = shard.offset[w], shard.nbytes[w]
             if shard.raw[w]:
                 rows[j * F : j * F + F] = shard.view[o + BLOSC_HEADER : o + n]
-            elif o < 0:  # never written: zarr's fill value
+            elif o < 0:  # never written
+                self._missing(shard.path, i, i)
                 out[j] = 0
             else:
                 self._decode(shard.data[o : o + n], out[j], shard.path, i)
+
+    def check(self, n: int) -> None:
+        """Open each shard holding frames 0..n-1 once, so a damaged index (CRC32C, bounds) or,
+        where every chunk must be stored, a frame never written is refused up front (before
+        training starts) rather than at the batch that reaches it. Reads only the indexes."""
+        if self.mode != "shard":
+            return
+        for k in range(-(-n // self.S)):
+            shard = self._shard(k)
+            unwritten = [w for w, o in enumerate(shard.offset[: n - k * self.S]) if o < 0]
+            if unwritten:
+                self._missing(shard.path, k * self.S + unwritten[0], k * self.S + unwritten[0])
 
     def _shard(self, k: int) -> _Shard:
         """Open shard k (memory-mapped; at most OPEN_SHARDS stay open) and check its index."""
@@ -239,6 +293,7 @@ class FrameIO:
             with open(path, "rb") as f:
                 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
+            self._missing(path, k * S, min(self.arr.shape[0], (k + 1) * S) - 1)
             m = None
         except ValueError:  # an empty file cannot be mapped
             raise UserError(
@@ -254,10 +309,16 @@ class FrameIO:
                     f"is damaged - run `handoff-data validate` on it"
                 )
             data = np.frombuffer(m, dtype=np.uint8)
-            index = data[len(m) - S * 16 - 4 : -4].view("<u8").reshape(S, 2).astype(np.int64)
+            index_bytes = data[len(m) - S * 16 - 4 : -4]
+            if _crc32c(index_bytes) != data[-4:].tobytes():
+                raise UserError(
+                    f"{path}: the shard index of {self.label} (steps {k * S}..{k * S + S - 1}) "
+                    f"does not match its checksum; the shard is damaged - restore it from a copy"
+                )
+            index = index_bytes.view("<u8").reshape(S, 2).astype(np.int64)
         offset, nbytes = index.T  # a never-written frame has offset -1 (EMPTY as int64)
         written = offset >= 0
-        if np.any(written & (offset + nbytes > len(data) - S * 16 - 4)):
+        if np.any(written & ((nbytes < 0) | (offset + nbytes > len(data) - S * 16 - 4))):
             raise UserError(
                 f"{path}: index of {self.label} points past the data; the shard is damaged"
                 f" - run `handoff-data validate` on the store"
@@ -312,18 +373,12 @@ class FrameIO:
         chunks: dict[int, bytes] = {}
         path = self._path(k)
         if os.path.exists(path) and first_new % S:
-            with open(path, "rb") as f:
-                old = f.read()
-            index = np.frombuffer(
-                old, dtype="<u8", count=S * 2, offset=len(old) - S * 16 - 4
-            ).reshape(S, 2)
+            old = self._shard(k)  # its index checked: damage is refused, never copied on
             for j in range(first_new % S):
-                offset, nbytes = index[j]
-                if offset != EMPTY:
-                    chunks[j] = old[int(offset) : int(offset + nbytes)]
+                o, n = old.offset[j], old.nbytes[j]
+                if o >= 0:
+                    chunks[j] = old.view[o : o + n].tobytes()
         chunks.update(new)
-        import google_crc32c
-
         ordered = sorted(chunks.items())
         index = np.full((S, 2), EMPTY, dtype="<u8")
         offset = 0
@@ -331,5 +386,4 @@ class FrameIO:
             index[j] = (offset, len(chunk))
             offset += len(chunk)
         index_bytes = index.tobytes()
-        crc = struct.pack("<I", google_crc32c.value(index_bytes))
-        _write_atomic(path, *(chunk for _, chunk in ordered), index_bytes, crc)
+        _write_atomic(path, *(chunk for _, chunk in ordered), index_bytes, _crc32c(index_bytes))

@@ -18,15 +18,23 @@ the store for writing truncates (and read-only opening ignores), saying so.
 New stores are zarr format 3. Format 2 stores written by diffusion_policy / UMI (directory or
 ``.zarr.zip``) open read-only; their image codecs (imagecodecs' JPEG, JPEG 2000, ...) are
 registered on import.
+
+Opening trusts no metadata: ``meta/episode_ends`` must be a 1-D integer array, increasing from
+above 0; every chunk the committed rows need must be stored (:meth:`DemoStore.chunk_problems`,
+which lists the store instead of reading it, so a shape of 10**12 rows costs nothing); a chunk
+may hold at most ``MAX_CHUNK_BYTES``; a ``.zarr.zip`` member may not declare more bytes than
+its chunk can encode to. Anything else is refused by name before it is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,7 @@ import zarr.storage
 
 from data.embodiment import Embodiment
 from data.errors import UserError
-from data.frames import FrameIO, shard_frames
+from data.frames import COMPLETE_ATTR, FrameIO, chunks_complete, shard_frames
 
 log = logging.getLogger("handoff.store")
 
@@ -51,6 +59,13 @@ WRITE_THREADS = 2  # frames are encoded and written in parallel (Blosc releases 
 LOWDIM_CHUNK_BYTES = 1 << 20  # ~1 MiB per low-dim chunk: long sequential reads, cheap appends
 EPISODE_META_FIELDS = ("task", "source", "success", "operator", "start_time", "seed")
 SOURCES = ("teleop", "policy", "scripted", "converted", "unknown")
+# Bounds on what a store's metadata may claim, checked before anything is read or allocated:
+MAX_CHUNK_BYTES = 1 << 30  # one decoded chunk (handoff writes ~1 MiB low-dim, 1 frame images)
+MAX_SHARD_CHUNKS = 1 << 20  # chunks per shard (its index is 16 bytes per chunk)
+MAX_ZIP_METADATA_BYTES = 64 << 20  # a zarr.json / .zarray / .zattrs member of a .zarr.zip
+ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+# arrays handoff creates write every chunk, even all-zero ones (see data.frames.chunks_complete)
+ARRAY_CONFIG = {"write_empty_chunks": True}
 
 _codecs_registered = False
 
@@ -101,8 +116,53 @@ def _open_zarr_store(path: str | Path, mode: str) -> tuple[Any, bool]:
             )
         if not Path(s).is_file():
             raise UserError(f"{s}: no such file")
+        for name, size in _zip_members(s).items():
+            if name.rsplit("/", 1)[-1] in ZARR_METADATA and size > MAX_ZIP_METADATA_BYTES:
+                raise UserError(
+                    f"{s}: member {name} declares {size} bytes, more than zarr metadata can "
+                    f"sensibly hold ({MAX_ZIP_METADATA_BYTES}); the archive is damaged"
+                )
         return zarr.storage.ZipStore(s, mode="r"), True
     return zarr.storage.LocalStore(s, read_only=read_only), read_only
+
+
+def _zip_members(path: str) -> dict[str, int]:
+    """Member name -> declared uncompressed size, from the zip's central directory only."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {i.filename: i.file_size for i in zf.infolist()}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{path}: not a readable zip archive ({e})") from None
+
+
+def _key_layout(arr: zarr.Array) -> tuple[str, str]:
+    """(prefix, separator) of chunk keys: ``c/0/1`` -> ("c/", "/"), ``0.1`` -> ("", ".")."""
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        return "", meta.dimension_separator
+    enc = meta.chunk_key_encoding
+    return ("c" + enc.separator if enc.name == "default" else ""), enc.separator
+
+
+def _c_order(grid: list[int]) -> Iterator[tuple[int, ...]]:
+    """Every coordinate of ``grid`` in C order, lazily (itertools.product would list each axis
+    first: a damaged shape of 10**12 rows makes that endless)."""
+    if not grid:
+        yield ()
+        return
+    for i in range(grid[0]):
+        for rest in _c_order(grid[1:]):
+            yield (i, *rest)
+
+
+def _chunk_coords(key: str, prefix: str, sep: str, ndim: int) -> tuple[int, ...] | None:
+    """The grid coordinates a stored key names, or None for metadata and stray files."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix) :].split(sep)
+    if len(parts) != ndim or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(map(int, parts))
 
 
 class DemoStore:
@@ -113,16 +173,36 @@ class DemoStore:
     steps). Only steps below ``n_steps`` belong to committed episodes.
     """
 
-    def __init__(self, root: zarr.Group, path: str, read_only: bool, zarr_format: int) -> None:
+    def __init__(
+        self,
+        root: zarr.Group,
+        path: str,
+        read_only: bool,
+        zarr_format: int,
+        verify: bool = True,
+    ) -> None:
         self.root = root
         self.path = path
         self.read_only = read_only
         self.zarr_format = zarr_format
+        self.notes: list[str] = []  # what opening set aside (an interrupted write's tail)
         self._arrays: dict[str, zarr.Array] | None = None
-        self._ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
-        self._episode_meta: list[dict[str, Any]] = list(
-            root["meta"].attrs.get("episodes", []) if zarr_format == 3 else []
-        )
+        self._readers: dict[str, FrameIO] = {}
+        self._zip: dict[str, int] | None = None
+        self._ends = self._read_ends()
+        self._episode_meta = self._read_episode_meta()
+        n = self.n_steps
+        for key, arr in self.data.items():
+            if arr.ndim == 0 or arr.shape[0] < n:
+                raise UserError(
+                    f"{self.path}: data/{key} has {arr.shape[0] if arr.ndim else 'no'} steps but "
+                    f"meta/episode_ends ends at {n}; the store is damaged"
+                )
+        if verify:
+            problems = list(self.chunk_problems()[0].values())
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise UserError(problems[0] + more)
         self._recover()
 
     # ---- opening ---------------------------------------------------------------------------
@@ -157,10 +237,12 @@ class DemoStore:
         return cls(root, s, read_only=False, zarr_format=3)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> DemoStore:
+    def open(cls, path: str | Path, mode: str = "r", verify: bool = True) -> DemoStore:
         """Open a store read-only (``"r"``) or for appending (``"a"``).
 
-        Format 2 stores (diffusion_policy / UMI) and zip stores are read-only.
+        Format 2 stores (diffusion_policy / UMI) and zip stores are read-only. ``verify=False``
+        skips listing the data arrays' chunks (:meth:`chunk_problems`): for a caller that
+        checks them itself, or reopens a store already checked (a DataLoader worker).
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
@@ -178,7 +260,10 @@ class DemoStore:
                 f"{e.__class__.__name__}) - give the store's root directory"
             ) from None
         fmt = root.metadata.zarr_format
-        if "meta" not in root or "episode_ends" not in root["meta"] or "data" not in root:
+        meta, data = root.get("meta"), root.get("data")
+        if not (isinstance(meta, zarr.Group) and isinstance(data, zarr.Group)) or (
+            "episode_ends" not in meta
+        ):
             raise UserError(f"{s}: not a demonstration store (needs data/ and meta/episode_ends)")
         if fmt == 3:
             version = root.attrs.get(SCHEMA_ATTR)
@@ -192,55 +277,208 @@ class DemoStore:
                 f"{s}: zarr format 2 stores open read-only; copy it into a new "
                 f"store with `handoff-data merge {s} OUT.zarr` to append"
             )
-        return cls(root, s, read_only=read_only or fmt == 2, zarr_format=fmt)
+        return cls(root, s, read_only=read_only or fmt == 2, zarr_format=fmt, verify=verify)
+
+    def _read_ends(self) -> np.ndarray:
+        """``meta/episode_ends``, checked before it is trusted.
+
+        A kill between its resize and the write of its new value leaves one trailing entry that
+        does not increase (zarr's fill value 0, or a value an earlier recovery set aside, whose
+        chunk it is in may even be absent): that entry is half-committed and left out here
+        (:meth:`_recover`). Any other disorder, or a shape its chunks cannot hold, is damage.
+        """
+        arr = self.root["meta/episode_ends"]
+        if not isinstance(arr, zarr.Array) or arr.ndim != 1 or arr.dtype.kind not in "iu":
+            kind = f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, zarr.Array) else "a group"
+            raise UserError(
+                f"{self.path}: meta/episode_ends must be a 1-D integer array, not {kind}; "
+                f"the store is damaged"
+            )
+        missing = self._missing_chunks("meta/episode_ends", arr, max(0, arr.shape[0] - 1))
+        if missing:
+            raise UserError(f"{missing}; the store is damaged - restore it from a copy")
+        ends = _read_rows(self.path, "meta/episode_ends", arr, 0, arr.shape[0]).astype(np.int64)
+        if len(ends) and ends[-1] <= (ends[-2] if len(ends) > 1 else 0):
+            ends = ends[:-1]
+        bad = np.flatnonzero(np.diff(ends, prepend=0) <= 0)
+        if len(bad):
+            i = int(bad[0])
+            raise UserError(
+                f"{self.path}: meta/episode_ends[{i}] = {ends[i]} is not above the entry before "
+                f"it ({ends[i - 1] if i else 0}); the episode boundaries are damaged"
+            )
+        return ends
+
+    def _read_episode_meta(self) -> list[dict[str, Any]]:
+        """The per-episode metadata list, checked to be a list of mappings with string names."""
+        meta = self.root["meta"].attrs.get("episodes", []) if self.zarr_format == 3 else []
+        if not isinstance(meta, list) or not all(isinstance(m, dict) for m in meta):
+            raise UserError(
+                f"{self.path}: meta attribute 'episodes' must be a list of mappings, one per "
+                f"episode; the store metadata is damaged"
+            )
+        for i, m in enumerate(meta):
+            for field in ("task", "source"):
+                if not isinstance(m.get(field, ""), str):
+                    raise UserError(
+                        f"{self.path}: episode {i} metadata {field!r} must be a string, not "
+                        f"{m[field]!r:.60}"
+                    )
+        return list(meta)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(f"{self.path}: {text}")
+        log.warning("%s: %s", self.path, text)
 
     def _recover(self) -> None:
-        """Drop an unfinished tail left by a killed writer (see module docstring)."""
-        ends = self._ends
-        # A kill between episode_ends' resize and its value write leaves a trailing fill value.
-        good = len(ends)
-        while good > 0 and (ends[good - 1] <= (ends[good - 2] if good > 1 else 0)):
-            good -= 1
-        if good < len(ends):
-            log.warning(
-                "%s: dropping %d half-committed episode index entries", self.path, len(ends) - good
-            )
-            ends = ends[:good]
+        """Set aside an unfinished tail left by a killed writer (see module docstring): opening
+        read-only ignores it, opening for writing truncates it; both say so in ``notes``."""
+        verb = "truncating" if not self.read_only else "ignoring"
+        ends_arr = self.root["meta/episode_ends"]
+        if ends_arr.shape[0] > len(self._ends):
+            self._note(f"{verb} 1 half-committed meta/episode_ends entry (an interrupted write)")
             if not self.read_only:
-                self.root["meta/episode_ends"].resize((good,))
-            self._ends = ends
-        n = int(ends[-1]) if len(ends) else 0
+                self._shrink(ends_arr, len(self._ends))
+        n = self.n_steps
         for key, arr in self.data.items():
-            if arr.shape[0] < n:
-                raise UserError(
-                    f"{self.path}: data/{key} has {arr.shape[0]} steps but "
-                    f"meta/episode_ends ends at {n}; the store is damaged"
-                )
             if arr.shape[0] > n:
-                verb = "truncating" if not self.read_only else "ignoring"
-                log.warning(
-                    "%s: %s %d unfinished steps in data/%s (from an interrupted write)",
-                    self.path,
-                    verb,
-                    arr.shape[0] - n,
-                    key,
+                self._note(
+                    f"{verb} {arr.shape[0] - n} unfinished steps in data/{key} past the last "
+                    f"committed episode (an interrupted write)"
                 )
                 if not self.read_only:
-                    arr.resize((n, *arr.shape[1:]))
-        if len(self._episode_meta) > len(ends) and not self.read_only:
-            self._episode_meta = self._episode_meta[: len(ends)]
+                    self._shrink(arr, n)
+        if len(self._episode_meta) > self.n_episodes and not self.read_only:
+            self._episode_meta = self._episode_meta[: self.n_episodes]
             self.root["meta"].attrs["episodes"] = self._episode_meta
         if not self.read_only and "://" not in self.path:
             for partial in Path(self.path).rglob("*.partial"):
                 partial.unlink(missing_ok=True)
 
+    # ---- chunks ----------------------------------------------------------------------------
+
+    def _stored(self, arr: zarr.Array) -> dict[str, int]:
+        """The objects stored under ``arr``'s path, relative to it, with their declared size
+        where the store has one (zip members), else -1. One listing; nothing is read."""
+        store, prefix = arr.store_path.store, arr.store_path.path
+        if isinstance(store, zarr.storage.LocalStore):
+            base = Path(store.root) / prefix
+            out = {}
+            for dirpath, _, files in os.walk(base):
+                rel = Path(dirpath).relative_to(base).as_posix()
+                out |= {(f if rel == "." else f"{rel}/{f}"): -1 for f in files}
+            return out
+        if isinstance(store, zarr.storage.ZipStore):
+            if self._zip is None:
+                self._zip = _zip_members(str(store.path))
+            members = self._zip.items()
+        else:
+            from zarr.core.sync import sync
+
+            async def keys() -> list[str]:
+                return [k async for k in store.list_prefix(f"{prefix}/")]
+
+            members = ((k, -1) for k in sync(keys()))
+        return {k[len(prefix) + 1 :]: size for k, size in members if k.startswith(f"{prefix}/")}
+
+    def _missing_chunks(self, label: str, arr: zarr.Array, n_rows: int) -> str | None:
+        """Which of the chunks ``arr``'s rows below ``n_rows`` need are not stored, or None.
+
+        Compares the chunk objects the store lists with those the rows need, reading none, so
+        an array claiming 10**12 rows costs no more than the chunks it has. Refuses outright
+        chunks too large to decode and zip members declaring more bytes than their chunk can
+        encode to (a zip bomb), before anything is decompressed.
+        """
+        outer = arr.shards or arr.chunks
+        chunk_bytes = math.prod(arr.chunks) * arr.dtype.itemsize
+        per_shard = math.prod(outer) // math.prod(arr.chunks)
+        if chunk_bytes > MAX_CHUNK_BYTES or per_shard > MAX_SHARD_CHUNKS:
+            raise UserError(
+                f"{self.path}: {label} claims chunks of {list(arr.chunks)} x {per_shard} per "
+                f"file ({chunk_bytes} bytes each), beyond what handoff reads "
+                f"({MAX_CHUNK_BYTES} bytes, {MAX_SHARD_CHUNKS} per shard); the metadata is damaged"
+            )
+        # an encoded chunk is at most its raw bytes plus codec headers (+ a shard's index)
+        most = int(per_shard * (chunk_bytes * 1.05 + 16)) + (64 << 10)
+        prefix, sep = _key_layout(arr)
+        grid = [-(-n_rows // outer[0])] + [-(-s // c) for s, c in zip(arr.shape[1:], outer[1:])]
+        present = set()
+        for key, size in self._stored(arr).items():
+            coords = _chunk_coords(key, prefix, sep, arr.ndim)
+            if coords is None:
+                continue
+            if size > most:
+                raise UserError(
+                    f"{self.path}: {label}/{key} would inflate to {size} bytes, and a chunk of "
+                    f"{label} holds at most {most}; refusing to decompress it (damaged archive)"
+                )
+            if all(c < g for c, g in zip(coords, grid)):
+                present.add(coords)
+        need = math.prod(grid)
+        if len(present) == need:
+            return None
+        # at most len(present) + 1 steps: the rows need no more chunks than are stored
+        first = next(c for c in _c_order(grid) if c not in present)
+        start = first[0] * outer[0]
+        return (
+            f"{self.path}: {label} has no stored chunk for steps {start}.."
+            f"{min(n_rows, start + outer[0]) - 1} ({need - len(present)} of {need} chunks "
+            f"missing)"
+        )
+
+    def chunk_problems(self) -> tuple[dict[str, str], list[str]]:
+        """({key: problem}, notes): the data arrays whose committed steps lack a stored chunk.
+
+        Where every chunk must be stored (:func:`data.frames.chunks_complete`) that is a
+        problem; elsewhere zarr reads the missing chunk as its fill value, which may be the
+        data (zarr leaves out all-fill chunks), so it is a note.
+        """
+        problems, notes = {}, []
+        for key, arr in sorted(self.data.items()):
+            missing = self._missing_chunks(f"data/{key}", arr, self.n_steps)
+            if missing and chunks_complete(arr):
+                problems[key] = f"{missing}; the store is damaged - restore it from a copy"
+            elif missing:
+                notes.append(
+                    f"{missing}, read as fill value {arr.fill_value}: zarr leaves out chunks "
+                    f"that are all fill value, and this array predates handoff's marker that "
+                    f"every chunk is stored, so a lost chunk cannot be told apart"
+                )
+        return problems, notes
+
+    def _shrink(self, arr: zarr.Array, n: int) -> None:
+        """Cut ``arr`` to ``n`` rows, deleting the stored chunks wholly past the new end.
+
+        zarr's own resize enumerates every chunk the old shape could have: endless for a
+        damaged shape of 10**12 rows. This deletes only what the store lists.
+        """
+        from zarr.core.sync import sync
+
+        rows = (arr.shards or arr.chunks)[0]
+        prefix, sep = _key_layout(arr)
+        for key in self._stored(arr):
+            coords = _chunk_coords(key, prefix, sep, arr.ndim)
+            if coords is not None and coords[0] * rows >= n:
+                sync(arr.store_path.store.delete(f"{arr.store_path.path}/{key}"))
+        sync(arr.async_array.resize((n, *arr.shape[1:]), delete_outside_chunks=False))
+
     # ---- structure -------------------------------------------------------------------------
 
     @property
     def data(self) -> dict[str, zarr.Array]:
-        """The arrays under data/, by key (opened once: listing them is slow on zarr 3)."""
+        """The arrays under data/, by key (opened once: listing them is slow on zarr 3).
+
+        Writable stores hand out arrays that write every chunk, even all-zero ones
+        (``ARRAY_CONFIG``), so a missing chunk always means a lost one.
+        """
         if self._arrays is None:
-            self._arrays = dict(self.root["data"].arrays())
+            arrays = dict(self.root["data"].arrays())
+            if not self.read_only:
+                arrays = {
+                    k: zarr.Array(zarr.AsyncArray(a.metadata, a.store_path, config=ARRAY_CONFIG))
+                    for k, a in arrays.items()
+                }
+            self._arrays = arrays
         return dict(self._arrays)
 
     @property
@@ -274,7 +512,14 @@ class DemoStore:
     @property
     def embodiment(self) -> Embodiment | None:
         d = self.root.attrs.get("embodiment")
-        return Embodiment.from_dict(dict(d), source=f"{self.path} attrs") if d else None
+        if d is None:
+            return None
+        if not isinstance(d, Mapping):
+            raise UserError(
+                f"{self.path}: attribute 'embodiment' must be a mapping of spec keys, not "
+                f"{type(d).__name__} {d!r:.60}; the store metadata is damaged"
+            )
+        return Embodiment.from_dict(dict(d), source=f"{self.path} attrs embodiment")
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -293,13 +538,27 @@ class DemoStore:
         start = int(self._ends[i - 1]) if i > 0 else 0
         return slice(start, int(self._ends[i]))
 
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Steps ``start..stop-1`` (default: every committed step) of ``data/<key>``.
+
+        Images go through :class:`FrameIO` (shard indexes checked against their CRC32C, no
+        stored frame refused); any chunk zarr cannot decode is refused by key and steps.
+        """
+        stop = self.n_steps if stop is None else stop
+        arr = self.data[key]
+        if not is_image_array(arr):
+            return _read_rows(self.path, f"data/{key}", arr, start, stop)
+        if key not in self._readers:
+            self._readers[key] = FrameIO(arr, f"data/{key}")
+        return self._readers[key].frames(np.arange(start, stop))
+
     def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         sl = self.episode_slice(i)
         data = self.data
         missing = set(keys or []) - set(data)
         if missing:
             raise UserError(f"{self.path}: no key(s) {sorted(missing)}; store has {sorted(data)}")
-        return {k: data[k][sl] for k in (keys or data)}
+        return {k: self.read(k, sl.start, sl.stop) for k in (keys or data)}
 
     def iter_episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         for i in range(self.n_episodes):
@@ -346,7 +605,9 @@ class DemoStore:
         return arr
 
     def _create_array(self, key: str, sample: np.ndarray) -> zarr.Array:
+        """A new array that stores every chunk and says so (data.frames.chunks_complete)."""
         group = self.root["data"]
+        every_chunk = {"config": ARRAY_CONFIG, "attributes": {COMPLETE_ATTR: True}}
         if is_image_array(sample):
             # one frame per chunk, so random access decodes only the frames a sample needs,
             # grouped into shard files (data/frames.py); "." keys keep them in one directory
@@ -359,6 +620,7 @@ class DemoStore:
                 compressors=image_compressor(),
                 fill_value=0,
                 chunk_key_encoding={"name": "default", "separator": "."},
+                **every_chunk,
             )
         step_bytes = max(1, int(np.prod(sample.shape[1:])) * sample.dtype.itemsize)
         rows = max(256, LOWDIM_CHUNK_BYTES // step_bytes)
@@ -368,6 +630,7 @@ class DemoStore:
             chunks=(rows, *sample.shape[1:]),
             dtype=sample.dtype,
             fill_value=0,
+            **every_chunk,
         )
 
     def _check_keys(self, episode: Mapping[str, np.ndarray]) -> int:
@@ -412,34 +675,45 @@ class DemoStore:
         new_end = self.n_steps + n_steps
         ends.append(np.array([new_end], dtype=np.int64))  # the commit point
         self._ends = np.append(self._ends, new_end)
+        self._readers.clear()  # their maps of rewritten shards are stale
         return self.n_episodes - 1
 
     def _truncate_tail(self) -> None:
         n = self.n_steps
         for arr in self.data.values():
             if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
+                self._shrink(arr, n)
+        self._readers.clear()
 
     def delete_episodes(self, indices: list[int]) -> None:
-        """Remove episodes by index; rewrites the store through a temporary copy and swap."""
+        """Remove episodes by index (an index out of range is refused, never wrapped around).
+
+        The kept episodes are copied into ``.NAME.partial`` beside the store, which is swapped
+        in only when complete (:func:`data.outputs.publish`): a failure or a kill on the way
+        leaves the store as it was.
+        """
+        from data.outputs import publish, remove, staging_dir
+
         self._check_writable()
         if "://" in self.path:
             raise UserError("deleting episodes is supported for local stores only")
+        for i in indices:
+            self.episode_slice(i)  # refuses an index out of range by name
         drop = {i % self.n_episodes for i in indices}
-        tmp = Path(f"{self.path}.tmp-{os.getpid()}")
-        out = DemoStore.create(
-            tmp,
-            self.embodiment,
-            force=True,
-            attrs={k: v for k, v in self.attrs.items() if k != "embodiment"},
-        )
-        for i in range(self.n_episodes):
-            if i not in drop:
-                out.append_episode(self.episode(i), **self.episode_meta(i))
-        old = Path(f"{self.path}.old-{os.getpid()}")
-        os.replace(self.path, old)
-        os.replace(tmp, self.path)
-        shutil.rmtree(old)
+        tmp = staging_dir(Path(self.path))
+        try:
+            out = DemoStore.create(
+                tmp,
+                self.embodiment,
+                attrs={k: v for k, v in self.attrs.items() if k != "embodiment"},
+            )
+            for i in range(self.n_episodes):
+                if i not in drop:
+                    out.append_episode(self.episode(i), **self.episode_meta(i))
+        except BaseException:
+            remove(tmp)
+            raise
+        publish(tmp, Path(self.path))
         fresh = DemoStore.open(self.path, "a")
         self.__dict__.update(fresh.__dict__)
 
@@ -559,6 +833,17 @@ class EpisodeWriter:
         self._buffered = 0
         self._closed = True
         self.store._truncate_tail()
+
+
+def _read_rows(path: str, label: str, arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """``arr[start:stop]``; a chunk zarr cannot read is refused by store, key and steps."""
+    try:
+        return arr[start:stop]
+    except Exception as e:  # zarr's decode error, whichever codec raised it
+        raise UserError(
+            f"{path}: {label} steps {start}..{stop - 1} cannot be read ({e}); the store is "
+            f"damaged - run `handoff-data validate` on it"
+        ) from None
 
 
 def _storage_dtype(key: str, v: np.ndarray) -> np.ndarray:

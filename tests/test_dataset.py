@@ -102,7 +102,7 @@ def test_damaged_frame_is_reported_with_its_path(small_store):
         if p.name.startswith("c.")
     )
     chunk.write_bytes(chunk.read_bytes()[:10])  # a truncated chunk file
-    ds = SequenceDataset(small_store.path, ["agentview"], n_obs_steps=1, horizon=1)
-    with pytest.raises(UserError, match="damaged"):
+    with pytest.raises(UserError, match="damaged"):  # refused when the sampler opens the shard
+        ds = SequenceDataset(small_store.path, ["agentview"], n_obs_steps=1, horizon=1)
         for i in range(len(ds)):
             ds[i]
