@@ -79,14 +79,11 @@ def save_policy(policy: Policy, path: str | Path, train_meta: dict[str, Any] | N
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing ``dst``; ``dst`` is never half-written."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
+    """Move directory ``src`` to ``dst``, replacing ``dst`` in one atomic swap where the file
+    system allows (:func:`data.outputs.publish`): a crash leaves the old or the new checkpoint."""
+    from data.outputs import publish
+
+    publish(src, dst)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -8,6 +8,10 @@ Anything with the policy interface of DESIGN.md runs here: learned checkpoints (
 the ``load_policy`` hook, never imported from ``policies``), the scripted expert, and an
 open-loop replay of a stored episode. Episode i uses seed ``seed + i``, so a report is
 reproducible whatever the number of workers.
+
+``--out DIR`` is refused before any work when it is, holds or lies inside an input (the
+checkpoint, a run's ``best/`` and ``last/``, the replayed store; a run's ``eval/`` is fine); an
+earlier report in DIR is replaced (``--force``) only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from data.errors import UserError, cli_main
+from data.outputs import check_output, check_writable
 from data.registry import hook
+from sim._gl import require_gl
 
 VIDEO_CAMERA = "agentview"
 VIDEO_SIZE = (160, 160)  # (H, W): legible, yet cheap to render with OSMesa
@@ -71,6 +78,7 @@ class _Worker:
         cameras = check_compatible(self.policy, spec, task)
         size = (84, 84)
         if cameras:  # render at the size the policy was trained on
+            require_gl()  # one line naming the back-ends that work, not a first-frame traceback
             cam = self.policy.embodiment.camera(cameras[0])
             size = (cam.height, cam.width)
         self.task = make_task(task, cameras=cameras, image_size=size, max_steps=max_steps)
@@ -137,7 +145,8 @@ def evaluate_policy(
     """Run ``n_episodes`` of a policy (or a picklable zero-arg policy factory) on ``task``.
 
     Returns the JSON-able report of the contract in DESIGN.md; with ``out_dir`` also writes
-    report.json, rollouts.mp4 (the first ``video_episodes`` episodes) and summary.png.
+    report.json, rollouts.mp4 (the first ``video_episodes`` episodes) and summary.png, replacing
+    an earlier report there only once they are complete (:func:`sim.report.write_outputs`).
     """
     from tqdm import tqdm
 
@@ -158,6 +167,9 @@ def evaluate_policy(
     else:
         make_policy = policy_or_factory
     workers = min(workers, n_episodes)
+    video_episodes = video_episodes if out_dir is not None else 0
+    if video_episodes > 0:
+        require_gl()  # before any episode runs
     setup = functools.partial(_setup, make_policy, task, max_steps)
     jobs = [(seed + i, obs_latency, action_latency, i < video_episodes) for i in range(n_episodes)]
     results, ok = [], 0
@@ -210,6 +222,30 @@ def evaluate_policy(
 # ---- handoff-eval --------------------------------------------------------------------
 
 
+def checkpoint_inputs(path: str) -> list[Path]:
+    """What ``--checkpoint`` may read: the checkpoint folder, or a run's ``best/`` and
+    ``last/``. A run's ``eval/`` is not among them: the trainer writes its reports there."""
+    p = Path(path)
+    if (p / "model.safetensors").exists():
+        return [p]
+    return [p / sub for sub in ("best", "last") if (p / sub).exists()] or [p]
+
+
+def check_report_out(out: str, inputs: list[Path], force: bool) -> None:
+    """Refuse ``--out`` before any work: it must not be, hold or lie inside an input, be a file,
+    or hold a report already (unless ``force``); the location must be writable."""
+    from sim.report import REPORT_FILES
+
+    check_output(out, inputs, what="--out")
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the report")
+    if Path(out).is_dir():  # a folder that holds other files gets the report written inside
+        check_writable(Path(out) / "report.json")
+    have = [n for n in REPORT_FILES if os.path.lexists(Path(out) / n)]
+    if have and not force:
+        raise UserError(f"{out} holds a report ({', '.join(have)}); pass --force to replace it")
+
+
 def _replay_target(text: str) -> tuple[str, int]:
     path, sep, ep = text.rpartition(":")
     if not sep or not path:
@@ -244,8 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     task, seed, episodes = a.task, a.seed, a.episodes
-    if a.replay:
-        store, episode = _replay_target(a.replay)
+    store, episode = _replay_target(a.replay) if a.replay else ("", 0)
+    if a.out:  # before anything is read or run
+        inputs = checkpoint_inputs(a.checkpoint) if a.checkpoint else [Path(store)] if store else []
+        check_report_out(a.out, inputs, a.force)
+    if store:
         probe = ReplayPolicy(store, episode)
         task = task or probe.task
         seed = probe.seed if seed is None else seed
@@ -264,8 +303,6 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--checkpoint {a.checkpoint}: no such checkpoint directory")
         factory = functools.partial(hook("load_policy"), a.checkpoint)
     TASKS.get(task)
-    if a.out and (Path(a.out) / "report.json").exists() and not a.force:
-        raise UserError(f"{a.out}/report.json exists; pass --force to overwrite it")
     report = evaluate_policy(
         factory,
         task,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data.outputs import remove, staging_dir
+
 VIDEO_FPS = 20  # the control rate of sim_panda: one frame per control step, real time
+REPORT_FILES = ("report.json", "rollouts.mp4", "summary.png")
 
 
 def write_video(path: Path, episodes: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
@@ -59,8 +63,33 @@ def write_summary_png(path: Path, report: dict[str, Any], latency_ms: np.ndarray
 def write_outputs(
     out: Path, report: dict[str, Any], videos: list[np.ndarray], latency_ms: np.ndarray
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    if videos:
-        write_video(out / "rollouts.mp4", videos)
-    write_summary_png(out / "summary.png", report, latency_ms)
+    """Write the report files into ``out``; an earlier report there is replaced only once every
+    new file is complete, so a run that fails midway leaves it as it was.
+
+    A new folder is built beside ``out`` and renamed into place. An existing one (a run's
+    ``eval/`` with the trainer's ``step_*`` reports, a folder of the user's, the working
+    directory, a link) is kept with everything else in it: the files are built in
+    ``out/.report.partial`` and moved in one by one, and an earlier report's file this one lacks
+    (``rollouts.mp4``) is removed, so no mix of two reports stays.
+    """
+    out = Path(os.path.abspath(out))
+    new = not os.path.lexists(out)
+    tmp = staging_dir(out if new else out / "report")
+    try:
+        tmp.mkdir()
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        if videos:
+            write_video(tmp / "rollouts.mp4", videos)
+        write_summary_png(tmp / "summary.png", report, latency_ms)
+    except BaseException:
+        remove(tmp)
+        raise
+    if new:
+        os.replace(tmp, out)
+        return
+    for name in REPORT_FILES:
+        if (tmp / name).exists():
+            os.replace(tmp / name, out / name)
+        elif os.path.lexists(out / name):
+            remove(out / name)
+    tmp.rmdir()

@@ -406,3 +406,228 @@ def test_train_force_keeps_the_old_run_until_the_new_one_finishes(
     shutil.rmtree(aside)
     assert train(state_store.path, run_dir, "--force") == 0
     assert not list(run_dir.parent.glob("run.replaced-*"))
+
+
+# ---- handoff-eval --out, closed_loop --out, delete_episodes ----------------------------------
+
+
+def eval_main(*argv: str) -> int:
+    from sim.evaluate import main
+
+    try:
+        main(list(argv))
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def replay_eval(store: Path, out: Path, *flags: str) -> int:
+    """handoff-eval --replay of a 5-step stored episode, cut at 5 steps (about a second)."""
+    argv = ["--replay", f"{store}:0", "--out", str(out), "--max-steps", "5", "--no-progress"]
+    return eval_main(*argv, "--video-episodes", "0", *flags)
+
+
+def fake_run(run_dir: Path) -> Path:
+    """A run directory's layout (run config, last/ checkpoint with train_state/); the refusals
+    come before anything is loaded, so the files need not hold a model."""
+    for name in ("config.json", "last/config.json", "last/model.safetensors"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("{}")
+    (run_dir / "last" / "train_state").mkdir()
+    (run_dir / "last" / "train_state" / "state.json").write_text("{}")
+    return run_dir
+
+
+def test_eval_out_overlapping_its_checkpoint_or_store_is_refused(tmp_path, capsys):
+    """An --out that is, holds or lies inside the checkpoint (or a run's best/last) or the
+    replayed store is refused before anything is loaded; a run's eval/ is allowed."""
+    run_dir = fake_run(tmp_path / "run")
+    store = lift_store(tmp_path / "lift.zarr")
+    before = {p: tree(p) for p in (run_dir, tmp_path / "lift.zarr")}
+    ckpt = ["--checkpoint", str(run_dir / "last"), "--task", "lift", "--episodes", "1"]
+    run = ["--checkpoint", str(run_dir), "--task", "lift", "--episodes", "1"]
+    for argv, how in (
+        ([*ckpt, "--out", str(run_dir / "last" / "ev")], "lies inside"),  # the issue's example
+        ([*ckpt, "--out", str(run_dir / "last"), "--force"], "is"),
+        ([*run, "--out", str(run_dir), "--force"], "contains"),
+        ([*run, "--out", str(run_dir / "last" / "train_state"), "--force"], "lies inside"),
+        (["--replay", f"{store.path}:0", "--out", str(tmp_path / "lift.zarr/ev")], "lies inside"),
+        (["--replay", f"{store.path}:0", "--out", str(tmp_path), "--force"], "contains"),
+    ):
+        assert eval_main(*argv, "--no-progress") == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --out ") and f" {how} " in err[0], err
+    assert {p: tree(p) for p in before} == before
+    assert not (run_dir / "last" / "ev").exists() and not (tmp_path / "lift.zarr/ev").exists()
+    from sim.evaluate import check_report_out, checkpoint_inputs
+
+    check_report_out(str(run_dir / "eval"), checkpoint_inputs(str(run_dir)), force=False)
+
+
+def test_eval_force_keeps_the_old_report_until_the_new_one_is_complete(
+    tmp_path, capsys, monkeypatch
+):
+    """--force over an earlier report: a bad checkpoint, or a failure while the new files are
+    written, leaves the old report folder exactly as it was and nothing beside it."""
+    import sim.report
+
+    store = lift_store(tmp_path / "lift.zarr")
+    ev = tmp_path / "ev"
+    assert replay_eval(store.path, ev) == 0
+    assert sorted(os.listdir(ev)) == ["report.json", "summary.png"]
+    before = tree(ev)
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"")
+    argv = ["--checkpoint", str(bad), "--task", "lift", "--episodes", "1", "--out", str(ev)]
+    assert eval_main(*argv, "--force", "--no-progress") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}"), err
+    assert tree(ev) == before
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sim.report, "write_summary_png", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        replay_eval(store.path, ev, "--force", "--seed", "3")
+    assert tree(ev) == before
+    assert sorted(os.listdir(tmp_path)) == ["bad_ckpt", "ev", "lift.zarr"]
+    monkeypatch.undo()
+    assert replay_eval(store.path, ev, "--force", "--seed", "3") == 0
+    assert json.loads((ev / "report.json").read_text())["seeds"] == [3]
+
+
+def test_eval_force_into_a_folder_with_other_files_keeps_them(tmp_path, capsys):
+    """A folder holding more than a report (a run's eval/ with the trainer's step_* reports, a
+    user's notes) gets only the report files replaced, and an old report's video that the new
+    run does not make is removed rather than left beside the new report."""
+    store = lift_store(tmp_path / "lift.zarr")
+    ev = tmp_path / "eval"
+    (ev / "step_0000010").mkdir(parents=True)
+    (ev / "step_0000010" / "report.json").write_text("{}")
+    (ev / "notes.txt").write_text("mine")
+    (ev / "rollouts.mp4").write_bytes(b"old video")
+    assert replay_eval(store.path, ev) == 2  # a report file is there: --force is needed
+    assert "pass --force" in capsys.readouterr().err
+    assert replay_eval(store.path, ev, "--force") == 0
+    assert sorted(os.listdir(ev)) == ["notes.txt", "report.json", "step_0000010", "summary.png"]
+    assert (ev / "notes.txt").read_text() == "mine"
+    assert (ev / "step_0000010" / "report.json").read_text() == "{}"
+    (tmp_path / "afile").write_text("x")
+    assert replay_eval(store.path, tmp_path / "afile", "--force") == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(bool(os.environ.get("DISPLAY")), reason="glfw can open a window here")
+def test_eval_video_with_a_gl_backend_that_cannot_open(tmp_path):
+    """handoff-eval --out with a video and MUJOCO_GL=glfw on a headless machine: one line, no
+    episode run, nothing written."""
+    lift_store(tmp_path / "lift.zarr")
+    before = tree(tmp_path / "lift.zarr")
+    env = {k: v for k, v in os.environ.items() if k not in ("HANDOFF_GL", "PYOPENGL_PLATFORM")}
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "handoff-eval"), "--replay", f"{tmp_path}/lift.zarr:0"]
+        + ["--out", str(tmp_path / "ev"), "--video-episodes", "1", "--max-steps", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "MUJOCO_GL": "glfw"},
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: MUJOCO_GL=glfw cannot render"), lines
+    assert sorted(os.listdir(tmp_path)) == ["lift.zarr"] and tree(tmp_path / "lift.zarr") == before
+
+
+def test_delete_episodes_keeps_the_store_when_the_rewrite_fails(small_store, monkeypatch):
+    """delete_episodes swaps in a complete copy: a failure midway leaves every episode, and an
+    index out of range is refused by name instead of wrapping around onto another episode."""
+    path = Path(small_store.path)
+    before = tree(path)
+    with pytest.raises(UserError, match="episode 7 out of range"):
+        small_store.delete_episodes([7])
+    append = DemoStore.append_episode
+
+    def crash(self, *a, **k):
+        if self.n_episodes == 1:
+            raise RuntimeError("disk died")
+        return append(self, *a, **k)
+
+    monkeypatch.setattr(DemoStore, "append_episode", crash)
+    with pytest.raises(RuntimeError, match="disk died"):
+        DemoStore.open(path, "a").delete_episodes([0])
+    assert tree(path) == before and sorted(os.listdir(path.parent)) == ["small.zarr"]
+    monkeypatch.undo()
+    store = DemoStore.open(path, "a")
+    store.delete_episodes([-1])
+    assert [DemoStore.open(path).episode_meta(i)["seed"] for i in range(3)] == [0, 1, 2]
+    assert sorted(os.listdir(path.parent)) == ["small.zarr"]
+
+
+def test_closed_loop_out_is_checked_before_the_run(tmp_path, capsys):
+    """python -m handoff_ros.closed_loop --out: refused before any node starts when it lies
+    inside the checkpoint or exists without --force (the run takes minutes)."""
+    from handoff_ros.closed_loop import main
+
+    run_dir = fake_run(tmp_path / "run")
+    before = tree(run_dir)
+    (tmp_path / "ros.json").write_text("old")
+    for out, message in (
+        (run_dir / "last" / "config.json", "error: --out "),
+        (tmp_path / "ros.json", "pass --force"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["--checkpoint", str(run_dir), "--episodes", "1", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert tree(run_dir) == before and (tmp_path / "ros.json").read_text() == "old"
+
+
+def test_demo_fresh_deletes_nothing_up_front(tmp_path, monkeypatch, capsys):
+    """make demo DEMO_ARGS=--fresh into a folder that holds other things: every stage is redone
+    with --force (each output replaced when its new one is complete), nothing else is touched."""
+    import handoff_ros.closed_loop
+    import handoff_ros.demo as demo
+
+    out = tmp_path / "demo"
+    (out / "lift.zarr").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    commands = []
+
+    def run(cmd):
+        assert (out / "notes.txt").exists() and (out / "lift.zarr").exists()  # nothing removed
+        commands.append([Path(cmd[0]).name, *cmd[1:]])
+        if commands[-1][0] == "handoff-eval":
+            report = {"successes": 0, "n_episodes": 1, "success_rate": 0.0}
+            report |= {"success_ci95": [0.0, 1.0], "latency_ms": {"p50": 1.0, "p99": 2.0}}
+            (out / "act" / "eval").mkdir(parents=True)
+            (out / "act" / "eval" / "report.json").write_text(json.dumps(report))
+
+    ros = {"successes": 0, "episodes": 1, "inference_ms": {"p50": 1.0, "p99": 2.0}}
+    monkeypatch.setattr(demo, "run", run)
+    monkeypatch.setattr(handoff_ros.closed_loop, "run_closed_loop", lambda *a, **k: ros)
+    demo.demo("act", out, demo.QUICK, fresh=True, workers=1)
+    assert [c[0] for c in commands] == ["handoff-collect", "handoff-train", "handoff-eval"]
+    assert all("--force" in c for c in commands), commands
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(bool(os.environ.get("DISPLAY")), reason="glfw can open a window here")
+def test_sim_arm_node_with_a_gl_backend_that_cannot_open(tmp_path, monkeypatch):
+    """The sim_arm node with cameras and MUJOCO_GL=glfw, headless: exit 2 with one error line
+    naming the back-ends that work, not a traceback from its render thread."""
+    pytest.importorskip("rclpy")
+    from handoff_ros.testing import NodeProcess, fresh_domain_id
+
+    monkeypatch.delenv("HANDOFF_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    node = NodeProcess("sim_arm", fresh_domain_id(), {"cameras": "agentview"}, tmp_path)
+    assert node.proc.wait(timeout=120) == 2
+    node.stop()
+    lines = [ln for ln in node.log().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "MUJOCO_GL=glfw cannot render" in errors[0], lines
+    assert not any("Traceback" in ln for ln in lines), lines

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from data.errors import UserError, cli_main
+from data.outputs import check_output, publish, staging_dir
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 EPISODE_SECONDS = 20.0  # wall-clock limit per episode (lift: ~200 steps at 20 Hz = 10 s)
@@ -127,15 +128,23 @@ def main(argv: list[str] | None = None) -> int:
         help=f"wall-clock limit per episode ({EPISODE_SECONDS:g} s)",
     )
     p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
+    if args.out:  # refused now, not after minutes of running
+        from sim.evaluate import checkpoint_inputs
+
+        inputs = checkpoint_inputs(args.checkpoint)
+        check_output(args.out, inputs, force=args.force, what="--out")
     report = run_closed_loop(
         args.checkpoint, args.task, args.episodes, args.seed, args.episode_seconds
     )
     print(json.dumps(report))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.out:  # written beside it, then swapped in: never a half-written file
+        tmp = staging_dir(Path(args.out))
+        tmp.write_text(json.dumps(report, indent=2))
+        publish(tmp, Path(args.out))
     return 0
 
 

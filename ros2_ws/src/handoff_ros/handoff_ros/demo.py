@@ -8,8 +8,11 @@
 5. print a summary table and where the report, plots and video are
 
 Each stage reuses what an earlier run built (a store with enough episodes, a finished
-checkpoint, an evaluation report) unless --fresh is given. --quick shrinks every stage for a
-smoke test of the loop (the policy it trains is not expected to succeed).
+checkpoint, an evaluation report) unless --fresh is given. --fresh redoes every stage, each
+replacing its earlier output only when the new one is complete (the commands' --force): nothing
+in --out is deleted up front, so an interrupted --fresh run keeps the last complete results and
+an --out that holds other things keeps them. --quick shrinks every stage for a smoke test of
+the loop (the policy it trains is not expected to succeed).
 
     python -m handoff_ros.demo [--policy act|diffusion] [--out demo] [--fresh] [--quick]
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -74,8 +76,6 @@ def store_episodes(path: Path) -> int:
 
 
 def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> dict:
-    if fresh and out.exists():
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     store, run_dir = out / "lift.zarr", out / f"{policy}"
     eval_dir = run_dir / "eval"
@@ -84,25 +84,13 @@ def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> d
 
     stage(1, f"collect {size.demos} scripted lift demonstrations -> {store}")
     t0 = time.time()
-    have = store_episodes(store)
+    have = 0 if fresh else store_episodes(store)
     if have >= size.demos:
         print(f"reusing {store} ({have} episodes)")
     else:
-        run(
-            [
-                str(BIN / "handoff-collect"),
-                "--task",
-                "lift",
-                "--episodes",
-                str(size.demos - have),
-                "--out",
-                str(store),
-                "--workers",
-                str(workers),
-                "--seed",
-                str(have),
-            ]
-        )
+        cmd = [str(BIN / "handoff-collect"), "--task", "lift", "--episodes", str(size.demos - have)]
+        cmd += ["--out", str(store), "--workers", str(workers), "--seed", str(have)]
+        run(cmd + (["--force"] if fresh else []))  # --force: a new store, swapped in when done
     timings["collect_s"] = time.time() - t0
 
     stage(2, f"train {policy} on this CPU -> {run_dir}")
