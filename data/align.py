@@ -19,12 +19,19 @@ nanoseconds (rosbag2 stamps). Integer nanoseconds make the rule exact (no roundi
 ``stamp == tick`` boundary); :func:`control_grid` builds grids in either unit.
 
 Shapes: T ticks, N messages of one stream.
+
+What goes into the rule is checked first. A message's time is the earlier of its header stamp
+and its arrival (:class:`StampCheck`; a stamp after the arrival beyond a tolerance is refused),
+so no publisher clock can make old data look fresh. Joint states are merged by joint name
+across messages (:class:`JointStateMerge`: an arm and its gripper often publish apart), and
+velocities a driver does not measure are estimated from positions, never stored as NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -190,3 +197,128 @@ def split_at_gaps(stamps: np.ndarray, max_gap: float | int) -> list[tuple[int, i
     firsts = np.concatenate([[0], cuts + 1])
     lasts = np.concatenate([cuts, [len(stamps) - 1]])
     return [(stamps[a].item(), stamps[b].item()) for a, b in zip(firsts, lasts)]
+
+
+@dataclass
+class StampCheck:
+    """When a message counts as taken: its header stamp, checked against its arrival.
+
+    A stamp is the publisher's claim; the arrival time is the receiver's own clock, which no
+    publisher can defeat. A message cannot describe a moment after it arrived, so its time is
+    the earlier of the two (its age the larger of the two ages): a stamp far in the future never
+    makes an old message look fresh to a staleness watchdog or to the alignment rule, and a stamp
+    far in the past makes it look old. A stamp more than ``future_tolerance`` after its arrival
+    (more than plausible clock skew between machines) is a broken publisher clock: the message
+    is rejected, and counted per topic in ``rejected``.
+
+    ``stamp``, ``received`` and ``future_tolerance`` share one unit (float s or int ns).
+    """
+
+    future_tolerance: float | int = 0.5
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.future_tolerance >= 0:
+            raise ValueError(f"future_tolerance must be >= 0, got {self.future_tolerance}")
+
+    def time_of(self, stamp: float | int, received: float | int, topic: str = "") -> float | int:
+        """The message's time, min(stamp, received); ValueError (counted) for a future stamp."""
+        if stamp - received > self.future_tolerance:
+            self.rejected[topic] = self.rejected.get(topic, 0) + 1
+            raise ValueError(
+                f"stamp {stamp - received:.3f} s after the message arrived (tolerance "
+                f"{self.future_tolerance} s): a publisher clock ahead of this one; rejected"
+            )
+        return min(stamp, received)
+
+
+@dataclass(frozen=True)
+class JointSample:
+    """Joints in the order asked for: positions and velocities (J,) float64, and the times of
+    the oldest and newest message they came from."""
+
+    positions: np.ndarray
+    velocities: np.ndarray
+    oldest: float
+    newest: float
+
+
+class JointStateMerge:
+    """The newest state of each joint by name, from JointState messages that may each carry only
+    some joints (an arm driver and a separate gripper driver publishing on one topic).
+
+    :meth:`take` assembles the joints asked for from the messages that last carried them, as
+    long as those messages lie within ``window`` of each other; the sample's ``oldest`` time is
+    what a staleness check must judge (an arm whose driver died must look stale, however
+    fresh the gripper's messages are).
+
+    Velocities: a driver without a velocity interface leaves the array empty or fills it with
+    NaN (ros2_control does). Those are never passed on: the joint's velocity is estimated from
+    its previous position, (q - q_prev) / (t - t_prev) when the two messages are at most
+    ``window`` apart, else it is unknown (NaN in the sample; the caller refuses it). Joints
+    whose velocity was ever estimated are listed in ``estimated``. Times and ``window`` are
+    float seconds (bag stamps in ns: divide by NS_PER_S first). Plain Python, no ROS: the live
+    nodes and the offline converters can share it.
+    """
+
+    def __init__(self, window: float) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be > 0, got {window}")
+        self.window = window
+        # name -> (time, position, velocity); velocity NaN when unknown
+        self._state: dict[str, tuple[float, float, float]] = {}
+        self.estimated: set[str] = set()
+
+    @property
+    def names(self) -> list[str]:
+        """Every joint heard so far (in the order first heard)."""
+        return list(self._state)
+
+    def update(self, t: float, names: Sequence[str], positions: Any, velocities: Any = ()) -> None:
+        """Merge one message at time ``t``; ValueError when its arrays do not fit its names."""
+        names = list(names)
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1)
+        vel = np.asarray(velocities, dtype=np.float64).reshape(-1)
+        if len(pos) != len(names):
+            raise ValueError(f"{len(names)} joint names but {len(pos)} positions")
+        if len(vel) not in (0, len(names)):
+            raise ValueError(f"{len(names)} joint names but {len(vel)} velocities")
+        if len(set(names)) != len(names):
+            raise ValueError(f"joint names repeat: {names}")
+        for i, name in enumerate(names):
+            v = vel[i] if len(vel) else np.nan
+            if not np.isfinite(v):
+                v = self._estimate(name, t, pos[i])
+            self._state[name] = (t, float(pos[i]), float(v))
+
+    def _estimate(self, name: str, t: float, q: float) -> float:
+        prev = self._state.get(name)
+        if prev is None or not np.isfinite(q) or not np.isfinite(prev[1]):
+            return np.nan
+        dt = t - prev[0]
+        if dt == 0:
+            return prev[2]  # the same instant again: keep the estimate it had
+        if not 0 < dt <= self.window:
+            return np.nan
+        self.estimated.add(name)
+        return (q - prev[1]) / dt
+
+    def take(self, want: Sequence[str]) -> JointSample:
+        """The joints ``want`` in that order; ValueError names joints never heard, or heard too
+        long before the others. Positions are as sent (NaN/inf included: the caller refuses
+        them by key); velocities are NaN where unknown."""
+        missing = [n for n in want if n not in self._state]
+        if missing:
+            raise ValueError(f"joint(s) {missing} not heard yet (heard: {self.names})")
+        parts = [self._state[n] for n in want]
+        times = np.array([p[0] for p in parts])
+        newest = times.max()
+        old = [n for n, t in zip(want, times) if newest - t > self.window]
+        if old:
+            raise ValueError(
+                f"joint(s) {old} last heard over {self.window:g} s before the others "
+                f"(a driver stopped publishing?)"
+            )
+        pos = np.array([p[1] for p in parts])
+        vel = np.array([p[2] for p in parts])
+        return JointSample(pos, vel, float(times.min()), float(newest))

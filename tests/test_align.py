@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.align import align, common_span, control_grid, latest_index, split_at_gaps
+from data.align import (
+    JointStateMerge,
+    StampCheck,
+    align,
+    common_span,
+    control_grid,
+    latest_index,
+    split_at_gaps,
+)
 
 
 def test_control_grid_float_and_ns():
@@ -101,3 +109,69 @@ def test_bad_input():
         align({"a": np.array([1.0]), "b": np.array([])}, 10.0)
     with pytest.raises(ValueError, match="ticks or rate_hz"):
         align({"a": np.array([1.0])})
+
+
+# ---- message times and joint states merged by name --------------------------------------------
+
+
+def test_stamp_check_takes_the_earlier_time_and_rejects_future_stamps():
+    check = StampCheck(future_tolerance=0.5)
+    assert check.time_of(9.9, 10.0, "/a") == 9.9  # normal latency: the stamp
+    assert check.time_of(10.3, 10.0, "/a") == 10.0  # small skew ahead: the arrival
+    assert check.time_of(-990.0, 10.0, "/a") == -990.0  # far in the past: looks old
+    with pytest.raises(ValueError, match="after the message arrived"):
+        check.time_of(1010.0, 10.0, "/a")
+    assert check.rejected == {"/a": 1}
+    ns = StampCheck(future_tolerance=500_000_000)  # the same rule on int ns (bag stamps)
+    assert ns.time_of(2_000_000_000, 1_900_000_000) == 1_900_000_000
+    with pytest.raises(ValueError):
+        StampCheck(future_tolerance=-1)
+
+
+ARM, FINGERS = [f"j{i}" for i in range(3)], ["f1", "f2"]
+
+
+def test_split_joint_states_merge_by_name_within_the_window():
+    m = JointStateMerge(window=0.1)
+    m.update(1.00, ARM, [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"\['f1', 'f2'\] not heard"):
+        m.take([*ARM, *FINGERS])
+    m.update(1.02, list(reversed(FINGERS)), [-0.04, 0.04], [])  # the gripper driver, any order
+    s = m.take([*FINGERS, *ARM])
+    np.testing.assert_array_equal(s.positions, [0.04, -0.04, 0.1, 0.2, 0.3])
+    assert (s.oldest, s.newest) == (1.00, 1.02)
+    assert m.names == [*ARM, "f2", "f1"]
+    m.update(1.20, FINGERS, [0.0, 0.0])  # the arm driver went silent: no stale arm passes
+    with pytest.raises(ValueError, match=r"\['j0', 'j1', 'j2'\] last heard"):
+        m.take([*ARM, *FINGERS])
+    np.testing.assert_array_equal(m.take(FINGERS).positions, [0.0, 0.0])
+
+
+def test_nan_velocities_are_estimated_from_positions_never_passed_on():
+    m = JointStateMerge(window=0.1)
+    nan3 = [np.nan] * 3  # ros2_control without a velocity interface
+    m.update(0.00, ARM, [0.0, 1.0, 2.0], nan3)
+    assert np.isnan(m.take(ARM).velocities).all()  # nothing to estimate from yet
+    m.update(0.05, ARM, [0.1, 1.0, 1.9], nan3)
+    np.testing.assert_allclose(m.take(ARM).velocities, [2.0, 0.0, -2.0])
+    assert m.estimated == set(ARM)
+    m.update(0.05, ARM, [0.1, 1.0, 1.9], [])  # the same instant again: keeps the estimate
+    np.testing.assert_allclose(m.take(ARM).velocities, [2.0, 0.0, -2.0])
+    m.update(0.50, ARM, [0.2, 1.0, 1.9], nan3)  # too long since the last: unknown, not a guess
+    assert np.isnan(m.take(ARM).velocities).all()
+    m.update(0.55, ARM, [0.2, 1.0, 1.9], [0.5, 0.5, 0.5])  # measured velocities pass unchanged
+    np.testing.assert_array_equal(m.take(ARM).velocities, [0.5, 0.5, 0.5])
+
+
+def test_malformed_joint_states_are_named_and_non_finite_ones_never_estimated_from():
+    m = JointStateMerge(window=0.1)
+    with pytest.raises(ValueError, match="3 joint names but 2 positions"):
+        m.update(0.0, ARM, [0.0, 0.0])
+    with pytest.raises(ValueError, match="3 joint names but 1 velocities"):
+        m.update(0.0, ARM, [0.0, 0.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="repeat"):
+        m.update(0.0, ["a", "a"], [0.0, 0.0])
+    m.update(0.0, ARM, [0.0, np.inf, 0.0], [np.nan] * 3)
+    m.update(0.05, ARM, [0.0, 0.0, 0.0], [np.nan] * 3)
+    s = m.take(ARM)  # passed on as sent (callers refuse it by key), never estimated from
+    assert np.isnan(s.velocities[1]) and np.isfinite(s.velocities[[0, 2]]).all()

@@ -57,3 +57,16 @@ def test_forward_commands():
         forward_from_msg(Float64MultiArray(data=[1.0, 2.0]), 3)
     with pytest.raises(ValueError, match="NaN"):
         forward_from_msg(Float64MultiArray(data=[1.0, np.inf, 0.0]), 3)
+
+
+def test_a_stamped_trajectory_that_ends_in_the_past_is_refused():
+    """As joint_trajectory_controller does: a stale or badly stamped goal must not make the
+    arm jump to its last point."""
+    msg = trajectory_msg(NAMES, np.ones((2, 3)), dt=0.1)  # ends 0.2 s after its stamp
+    msg.header.stamp.sec = 100
+    with pytest.raises(ValueError, match="ends in the past"):
+        trajectory_from_msg(msg, NAMES, np.zeros(3), now=1100.0)  # stamped 1000 s ago
+    traj = trajectory_from_msg(msg, NAMES, np.zeros(3), now=100.1)  # still running: accepted
+    np.testing.assert_allclose(traj.at(100.1), [1.0, 1.0, 1.0])
+    ahead = trajectory_from_msg(msg, NAMES, np.zeros(3), now=50.0)  # starts later: waits there
+    np.testing.assert_allclose(ahead.at(50.0), [0.0, 0.0, 0.0])

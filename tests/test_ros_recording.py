@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from data.embodiment import load_embodiment
@@ -125,3 +127,76 @@ def test_compressed_frames_are_decoded_by_the_writer(tmp_path):
     stored = DemoStore.open(store.path).episode(0)["agentview"]
     assert stored.shape == (5, 16, 16, 3)
     np.testing.assert_array_equal(stored[:, :, :8], np.broadcast_to([200, 30, 30], (5, 16, 8, 3)))
+
+
+def test_an_episode_without_a_step_says_why_and_stores_nothing(tmp_path):
+    store, streams, rec = make(tmp_path)
+    streams["joint_states"].push(
+        0.0, {"joint_pos": np.zeros(7, np.float32), "joint_vel": np.zeros(7, np.float32)}, 0.0
+    )  # the camera never delivers
+    rec.start()
+    for k in range(5):
+        assert rec.tick(k * 0.05) is None
+    ok, msg = rec.stop()
+    assert not ok and "agentview" in msg and "nothing stored" in msg, msg
+    rec.start()  # started and stopped before any tick
+    ok, msg = rec.stop()
+    assert not ok and "not begun" in msg, msg
+    assert rec.flush()
+    rec.close()
+    assert DemoStore.open(store.path).n_episodes == 0
+
+
+def test_steps_holding_nan_are_dropped_and_named(tmp_path):
+    store, streams, rec = make(tmp_path)
+    rec.start()
+    for k in range(6):
+        t = k * 0.05
+        push_obs(streams, t, float(k))
+        if k % 2:  # a sensor that sends NaN velocities every other message
+            streams["joint_states"].push(
+                t, {"joint_pos": np.zeros(7, np.float32), "joint_vel": np.full(7, np.nan)}, t
+            )
+        rec.tick(t)
+    ok, msg = rec.stop()
+    assert ok and "dropped 3 step(s) holding NaN/inf in ['joint_vel']" in msg, msg
+    rec.start()
+    for k in range(6, 9):
+        t = k * 0.05
+        push_obs(streams, t, float(k))
+        streams["agentview"].push(t, {"agentview": np.zeros((32, 32, 3), np.uint8)}, t)
+        streams["engaged"].push(t, {"intervention": np.array(False)}, t)
+        streams["action"].push(t, {"action": np.full(8, np.inf, np.float32)}, t)
+        rec.tick(t)
+    ok, msg = rec.stop()
+    assert not ok and "every step held NaN/inf in ['action']" in msg, msg
+    assert rec.flush()
+    rec.close()
+    stored = DemoStore.open(store.path)
+    assert stored.n_episodes == 1 and stored.n_steps == 3
+    assert stored.episode_meta(0)["gap_steps"] == {"non_finite": 3}
+    assert np.isfinite(stored.episode(0)["joint_vel"]).all()
+
+
+def test_a_stop_at_a_time_answers_once_its_tick_is_assembled(tmp_path):
+    import threading
+
+    store, streams, rec = make(tmp_path)
+    push_obs(streams, 0.0, 0.0)
+    rec.start()
+    rec.tick(0.0)
+
+    def timer():  # the node's tick timer, on its own thread
+        for k in range(1, 10):
+            time.sleep(0.02)
+            push_obs(streams, k * 0.05, float(k))
+            rec.tick(k * 0.05)
+
+    thread = threading.Thread(target=timer)
+    thread.start()
+    ok, msg = rec.stop(at=0.22, wait=5.0)  # the last step is the tick at 0.2
+    thread.join()
+    assert ok and msg.startswith("episode of 5 steps committed"), msg
+    assert rec.flush()
+    rec.close()
+    assert DemoStore.open(store.path).n_steps == 5

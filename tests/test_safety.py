@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import numpy as np
 import pytest
 
+from data.align import StampCheck
 from data.embodiment import load_embodiment
 from handoff_ros.safety import SafetyConfig, SafetyFilter
 
@@ -207,3 +210,48 @@ def test_reanchor_bounds_the_next_step_from_the_measured_joints():
     f.reanchor()
     r = f.filter(np.append(moved, 0.0), 2 * DT)
     np.testing.assert_allclose(r.command[:7], moved)  # no jump back toward the old target
+
+
+# ---- the staleness watchdog against bad clocks (a node's path: StampCheck, then observe) -----
+
+
+def watch(stamp: float, received: float, f: SafetyFilter, check: StampCheck) -> None:
+    """What a node does with one joint state: judge its time, then observe it (or drop it)."""
+    with suppress(ValueError):
+        f.observe(HOME, check.time_of(stamp, received, "/joint_states"))
+
+
+def test_a_future_stamp_then_silence_holds_within_the_stale_timeout():
+    f, check = make(), StampCheck(future_tolerance=0.5)
+    f.filter(np.append(HOME, 0.0), 0.0)
+    for k in range(1, 5):  # healthy 20 Hz joint states
+        watch(k * DT, k * DT, f, check)
+        assert not f.filter(np.append(HOME, 0.0), k * DT).held
+    watch(1000.0 + 5 * DT, 5 * DT, f, check)  # one message stamped 1000 s ahead, then silence
+    assert check.rejected == {"/joint_states": 1}
+    t_last = 4 * DT
+    fresh = f.filter(np.append(HOME + 0.01, 0.0), t_last + 0.2)
+    assert not fresh.held
+    r = f.filter(np.append(HOME + 0.01, 0.0), t_last + f.config.stale_after_s + 0.01)
+    assert r.held and r.reasons == ["stale_observation"]
+    assert f.counts["stale_observation"] == 1
+
+
+def test_a_future_time_given_to_the_filter_directly_is_not_believed():
+    f = make()  # observed at 0.0
+    f.observe(HOME, 1000.0)  # a caller that skipped StampCheck
+    r = f.filter(np.append(HOME, 0.0), 0.05)
+    assert r.held and "stale_observation" in r.reasons
+
+
+def test_every_stamp_far_in_the_past_holds_and_small_skew_is_judged_by_arrival():
+    f, check = make(), StampCheck(future_tolerance=0.5)
+    for k in range(1, 6):  # a publisher clock 1000 s behind: its data looks 1000 s old
+        now = 10.0 + k * DT
+        watch(now - 1000.0, now, f, check)
+        assert f.filter(np.append(HOME, 0.0), now).held
+    # a clock 0.3 s ahead (within tolerance): accepted, but aged from its arrival
+    f2, check2 = make(), StampCheck(future_tolerance=0.5)
+    watch(10.3, 10.0, f2, check2)
+    assert not check2.rejected and not f2.filter(np.append(HOME, 0.0), 10.1).held
+    assert f2.filter(np.append(HOME, 0.0), 10.0 + f2.config.stale_after_s + 0.01).held

@@ -51,7 +51,9 @@ def trajectory_from_msg(
 ) -> Trajectory:
     """Parse and check a JointTrajectory; ValueError says what is wrong (for /diagnostics).
 
-    A zero ``header.stamp`` means "start now", as joint_trajectory_controller reads it.
+    A zero ``header.stamp`` means "start now", as joint_trajectory_controller reads it; like
+    that controller, a stamped trajectory that ends before ``now`` is refused (a stale or
+    badly stamped message must not make the arm jump to its last point).
     """
     names = list(msg.joint_names)
     missing = [n for n in joint_names if n not in names]
@@ -74,6 +76,10 @@ def trajectory_from_msg(
         raise ValueError("joint_trajectory holds NaN/inf positions")
     stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
     start = now if stamp == 0 else stamp
+    if start + times_arr[-1] < now:
+        raise ValueError(
+            f"joint_trajectory stamped {now - stamp:.3f} s ago ends in the past; refused"
+        )
     return Trajectory(start, np.asarray(origin, dtype=np.float64), times_arr, pos)
 
 

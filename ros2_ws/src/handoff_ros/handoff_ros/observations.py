@@ -3,7 +3,11 @@
 Subscribes only to what the policy consumes (``policy.input_keys``): ``/joint_states`` for
 joint_pos / joint_vel / gripper_pos, the simulated arm's ``eef_pose`` and ``object_state``,
 and ``<camera>/image_raw`` per camera (resized to the checkpoint's camera size). Malformed
-messages are reported through ``problem`` and dropped.
+messages are reported through ``problem`` and dropped, and so are messages stamped after their
+arrival (``data.align.StampCheck``) and values that are NaN/inf: the policy never sees them,
+and the joint-state time the watchdog judges stops advancing, so the safety filter holds.
+Joint states are merged by name across messages (``data.align.JointStateMerge``: an arm and
+its gripper may publish separately), and their time is that of the oldest message merged.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 
+from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment
 from handoff_ros.commands import forward_from_msg
 from handoff_ros.images import ImageError, fit, from_image_msg
-from handoff_ros.rosutil import JointMatcher, now_sec, stamp_to_sec
+from handoff_ros.recording import non_finite_keys
+from handoff_ros.rosutil import merge_joint_state, now_sec, stamp_to_sec
 
 JOINT_KEYS = ("joint_pos", "joint_vel", "gripper_pos")
 POSE_KEYS = ("eef_pos", "eef_quat")
 
 
 class LiveObservation:
-    """Thread-safe newest values per key, plus the joint-state stamp (for the watchdog)."""
+    """Thread-safe newest values per key, plus the joint-state time (for the watchdog)."""
 
     def __init__(
         self,
@@ -42,13 +48,17 @@ class LiveObservation:
         camera_topic: str = "/{camera}/image_raw",
         eef_pose_topic: str = "/sim_arm/eef_pose",
         object_state_topic: str = "/sim_arm/object_state",
+        merge_window_s: float = 0.25,
+        future_stamp_tolerance_s: float = 0.5,
     ) -> None:
         self.node, self.spec, self.keys, self.problem = node, spec, list(keys), problem
-        self.matcher = JointMatcher(spec.joint_names)
-        self.fingers = JointMatcher(gripper_joints or [])
+        self.joints_topic = joint_states_topic
+        self.fingers = list(gripper_joints or []) if "gripper_pos" in keys else []
+        self.merge = JointStateMerge(merge_window_s)
+        self.stamps = StampCheck(future_stamp_tolerance_s)
+        self.rejected_non_finite = 0
         self.values: dict[str, np.ndarray] = {}
-        self.joint_stamp = -np.inf  # header stamp of the newest valid joint state
-        self.joint_names_seen: list[str] = []
+        self.joint_stamp = -np.inf  # time of the oldest message in the newest joint state
         self._lock = threading.Lock()
         node.create_subscription(JointState, joint_states_topic, self._on_joints, 50)
         if any(k in keys for k in POSE_KEYS):
@@ -64,47 +74,74 @@ class LiveObservation:
                     qos_profile_sensor_data,
                 )
 
-    def _set(self, values: dict[str, np.ndarray]) -> None:
+    @property
+    def joint_names_seen(self) -> list[str]:
+        """Every joint /joint_states has carried, over all its publishers."""
+        return self.merge.names
+
+    def _set(
+        self, topic: str, values: dict[str, np.ndarray], joint_time: float | None = None
+    ) -> None:
+        """Store finite values (and the joint-state time); report and drop anything else."""
+        bad = non_finite_keys(values)
+        if bad:
+            self.rejected_non_finite += 1
+            self.problem(f"{topic}: NaN/inf in {bad}; not passed to the policy")
+            return
         with self._lock:
             self.values.update(values)
+            if joint_time is not None:
+                self.joint_stamp = joint_time
+
+    def _checked(self, topic: str, stamp: object) -> bool:
+        """False (reported) when the message is stamped after its arrival."""
+        try:
+            self.stamps.time_of(stamp_to_sec(stamp), now_sec(self.node), topic)
+        except ValueError as e:
+            self.problem(f"{topic}: {e}")
+            return False
+        return True
 
     def _on_joints(self, msg: JointState) -> None:
-        self.joint_names_seen = list(msg.name)
+        J, topic = self.spec.n_joints, self.joints_topic
         try:
-            values = {
-                "joint_pos": self.matcher.positions(msg).astype(np.float32),
-                "joint_vel": self.matcher.velocities(msg).astype(np.float32),
-            }
-            if "gripper_pos" in self.keys:
-                values["gripper_pos"] = self.fingers.positions(msg).astype(np.float32)
+            want = [*self.spec.joint_names, *self.fingers]
+            sample = merge_joint_state(
+                self.merge, self.stamps, msg, now_sec(self.node), topic, want
+            )
         except ValueError as e:
-            self.problem(f"joint_states: {e}")
+            self.problem(f"{topic}: {e}")
             return
-        if not np.all(np.isfinite(values["joint_pos"])):
-            self.problem("joint_states: NaN/inf positions")
-            return
-        with self._lock:
-            self.values.update(values)
-            self.joint_stamp = stamp_to_sec(msg.header.stamp)
+        values = {"joint_pos": sample.positions[:J].astype(np.float32)}
+        if "joint_vel" in self.keys:
+            values["joint_vel"] = sample.velocities[:J].astype(np.float32)
+        if self.fingers:
+            values["gripper_pos"] = sample.positions[J:].astype(np.float32)
+        self._set(topic, values, joint_time=sample.oldest)
 
     def _on_pose(self, msg: PoseStamped) -> None:
+        if not self._checked("eef_pose", msg.header.stamp):
+            return
         p, o = msg.pose.position, msg.pose.orientation
         self._set(
+            "eef_pose",
             {
                 "eef_pos": np.array([p.x, p.y, p.z], np.float32),
                 "eef_quat": np.array([o.x, o.y, o.z, o.w], np.float32),
-            }
+            },
         )
 
     def _on_object(self, msg: Float64MultiArray) -> None:
         n = self.spec.observation["object_state"][0]
         try:
-            self._set({"object_state": forward_from_msg(msg, n, "object_state")})
+            self._set("object_state", {"object_state": forward_from_msg(msg, n, "object_state")})
         except ValueError as e:
             self.problem(str(e))
 
     def _on_image(self, cam: str, msg: Image) -> None:
         c = self.spec.camera(cam)
+        if not self._checked(cam, msg.header.stamp):
+            return
         try:
             rgb = from_image_msg(msg)
         except ImageError as e:
@@ -117,18 +154,18 @@ class LiveObservation:
                 f"{c.width}x{c.height} (another aspect ratio)"
             )
             return
-        self._set({cam: fit(rgb, c.height, c.width)})
+        self._set(cam, {cam: fit(rgb, c.height, c.width)})
 
     def snapshot(self) -> tuple[dict[str, np.ndarray] | None, float]:
-        """(obs with every key the policy consumes, joint stamp), or (None, stamp) while a key
-        has not been heard yet."""
+        """(obs with every key the policy consumes, joint-state time), or (None, time) while a
+        key has not been heard yet."""
         with self._lock:
             if any(k not in self.values for k in self.keys):
                 return None, self.joint_stamp
             return {k: self.values[k] for k in self.keys}, self.joint_stamp
 
     def joints(self) -> tuple[np.ndarray | None, float]:
-        """(newest joint positions (J,) or None, their stamp): the safety filter's input."""
+        """(newest joint positions (J,) or None, their time): the safety filter's input."""
         with self._lock:
             return self.values.get("joint_pos"), self.joint_stamp
 

@@ -15,8 +15,15 @@ its aspect ratio, and a policy using privileged sim state refuses to run with ``
 
 Topics: commands on the controller topic (``forward``: Float64MultiArray, or
 ``joint_trajectory``: one point at ``time_from_start`` = one period) plus the gripper command;
-``~/inference_ms`` (Float64), ``~/obs_age_ms`` (Float64: joint-state stamp -> command
+``~/inference_ms`` (Float64), ``~/obs_age_ms`` (Float64: joint-state time -> command
 publish) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
+
+The staleness watchdog cannot be fooled by a bad clock: a joint state's time is the earlier of
+its header stamp and its arrival, a message stamped more than ``future_stamp_tolerance_s``
+after its arrival is rejected (``rejected_stamps`` on /diagnostics), and so is a NaN/inf
+observation (``rejected_non_finite``); the policy never sees either, and the arm holds once the
+last good joint state is ``stale_after_s`` old. Joint states are merged by name across
+messages (an arm and its gripper may publish separately); their age is the oldest part's.
 ``/estop`` (Bool, True latches a hold), ``~/enable`` (SetBool), ``~/clear_estop`` and
 ``~/reset`` (Trigger: new episode, clears the policy's history). While a teleop operator is
 engaged (``/teleop/engaged``) the policy sends nothing: the human has the arm, and the
@@ -93,7 +100,16 @@ class PolicyParams:
     max_step_delta: float = param(0.05, "safety: max joint target change per tick, rad")
     velocity_scale: float = param(0.5, "safety: fraction of the spec's velocity limits")
     limit_margin: float = param(0.0, "safety: shrink the spec's position limits by this, rad")
-    stale_after_s: float = param(0.25, "safety: hold when joint_states are older than this, s")
+    stale_after_s: float = param(
+        0.25,
+        "safety: hold when joint_states are older than this, s (age by header stamp or arrival, "
+        "whichever is older; also the window within which split joint_states messages merge)",
+    )
+    future_stamp_tolerance_s: float = param(
+        0.5,
+        "safety: a message stamped more than this after its arrival is rejected (a publisher "
+        "clock ahead of this one) and counted on /diagnostics as rejected_stamps, s",
+    )
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -115,6 +131,7 @@ class PolicyParams:
             "velocity_scale": self.velocity_scale,
             "limit_margin": self.limit_margin,
             "stale_after_s": self.stale_after_s,
+            "future_stamp_tolerance_s": self.future_stamp_tolerance_s,
         }
 
 
@@ -153,6 +170,8 @@ class PolicyNode(Node):
             camera_topic=p.camera_topic,
             eef_pose_topic=p.eef_pose_topic,
             object_state_topic=p.object_state_topic,
+            merge_window_s=p.stale_after_s,
+            future_stamp_tolerance_s=p.future_stamp_tolerance_s,
         )
         self._spy_on_chunks()
         if p.controller == "forward":
@@ -354,6 +373,8 @@ class PolicyNode(Node):
             "inference_ms_p99": round(float(np.percentile(ms, 99)), 2),
             **self._period_error(),
             "waiting_for": ",".join(self.obs.missing()),
+            "rejected_stamps": sum(self.obs.stamps.rejected.values()),
+            "rejected_non_finite": self.obs.rejected_non_finite,
             **self.safety.status(),
         }
         if self.mismatch:

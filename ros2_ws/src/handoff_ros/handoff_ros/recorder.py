@@ -9,8 +9,17 @@ what a position controller holds. ``data/intervention`` is the teleop node's eng
 
 Alignment: a timer ticks at the spec's rate; tick ``t`` is assembled ``lag_s`` later with
 data/align.py's rule (see handoff_ros.recording). Services: ``~/start``, ``~/stop``,
-``~/discard`` (Trigger), ``~/mark_success`` (SetBool). Per-topic rate, latency and drops go to
+``~/discard`` (Trigger), ``~/mark_success`` (SetBool). ``~/stop`` answers once the episode's
+last tick is assembled: success means an episode was committed; an episode without a single
+step answers success=false with the reason. Per-topic rate, latency and drops go to
 /diagnostics.
+
+What is recorded is exact or refused by name: joint states are merged by joint name across
+messages within ``max_age_s`` (an arm and a separate gripper driver may publish separately);
+a message's time is the earlier of its stamp and its arrival, and one stamped more than
+``future_stamp_tolerance_s`` after its arrival is rejected (counted per topic); NaN/inf values
+are never stored. A driver that sends no (or NaN) velocities gets ``joint_vel`` estimated from
+successive positions (data.align.JointStateMerge), and ``~/stop`` and the log say so.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -28,18 +38,19 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
 from data.store import DemoStore
 from handoff_ros.commands import forward_from_msg, trajectory_from_msg
 from handoff_ros.images import ImageError, check_compressed, from_image_msg
-from handoff_ros.recording import EncodedFrame, EpisodeRecorder, Stream
+from handoff_ros.recording import EncodedFrame, EpisodeRecorder, Stream, non_finite_keys
 from handoff_ros.rosutil import (
     ERROR,
     OK,
     Diagnostics,
-    JointMatcher,
     declare_params,
+    merge_joint_state,
     now_sec,
     param,
     run_node,
@@ -88,6 +99,9 @@ class RecorderParams:
     action_offset_s: float = param(
         0.025, "a command up to this long after a tick belongs to it (half a period at 20 Hz)"
     )
+    future_stamp_tolerance_s: float = param(
+        0.5, "a message stamped more than this after its arrival is rejected (clock ahead), s"
+    )
     auto_start: bool = param(False, "start an episode as soon as the node is up")
 
     def __post_init__(self) -> None:
@@ -97,6 +111,8 @@ class RecorderParams:
             raise ValueError(f"source {self.source!r}: use teleop, policy or scripted")
         if self.max_age_s <= 0 or self.lag_s < 0 or self.action_offset_s < 0:
             raise ValueError("max_age_s must be > 0, lag_s and action_offset_s >= 0")
+        if self.future_stamp_tolerance_s < 0:
+            raise ValueError("future_stamp_tolerance_s must be >= 0")
         if self.action_offset_s > self.lag_s:
             raise ValueError("action_offset_s must not exceed lag_s (the tick would be final)")
         if self.image_transport not in ("raw", "compressed"):
@@ -129,8 +145,12 @@ class RecorderNode(Node):
         spec = self.spec = recorder_spec(p)
         self.store = open_store(p.store, spec)
         obs = spec.observation
-        self.joints = JointMatcher(spec.joint_names)
-        self.fingers = JointMatcher([n for n in p.gripper_joints.split(",") if n])
+        fingers = [n for n in p.gripper_joints.split(",") if n] if "gripper_pos" in obs else []
+        self.joint_names = [*spec.joint_names, *fingers]
+        self.merge = JointStateMerge(p.max_age_s)
+        self.stamps = StampCheck(p.future_stamp_tolerance_s)
+        self.rejected_non_finite = 0
+        self.vel_noted = False
         self.streams: dict[str, Stream] = {"joint_states": Stream("joint_states", p.max_age_s)}
         self.create_subscription(JointState, p.joint_states_topic, self.on_joint_states, 50)
         if "eef_pos" in obs:
@@ -177,10 +197,12 @@ class RecorderNode(Node):
                 "engaged": {"intervention": np.array(False)},
             },
         )
-        self.create_service(Trigger, "~/start", self.srv_start)
-        self.create_service(Trigger, "~/stop", self.srv_stop)
-        self.create_service(Trigger, "~/discard", self.srv_discard)
-        self.create_service(SetBool, "~/mark_success", self.srv_mark_success)
+        # services on their own thread: ~/stop waits for the tick timer to finish the episode
+        srv = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "~/start", self.srv_start, callback_group=srv)
+        self.create_service(Trigger, "~/stop", self.srv_stop, callback_group=srv)
+        self.create_service(Trigger, "~/discard", self.srv_discard, callback_group=srv)
+        self.create_service(SetBool, "~/mark_success", self.srv_mark_success, callback_group=srv)
         self.dt = spec.dt
         self.next_tick = math.nan
         self.skipped_ticks = 0
@@ -192,18 +214,56 @@ class RecorderNode(Node):
 
     # ---- callbacks: convert and push, never block ------------------------------------------
 
-    def on_joint_states(self, msg: JointState) -> None:
-        try:
-            values = {
-                "joint_pos": self.joints.positions(msg).astype(np.float32),
-                "joint_vel": self.joints.velocities(msg).astype(np.float32),
-            }
-            if "gripper_pos" in self.spec.observation:
-                values["gripper_pos"] = self.fingers.positions(msg).astype(np.float32)
-        except ValueError as e:
-            self.diag.problem(f"{self.p.joint_states_topic}: {e}")
+    def _non_finite(self, name: str, values: dict, hint: str = "") -> bool:
+        """True (reported, counted) when values hold NaN/inf: such a message is not recorded."""
+        bad = non_finite_keys(values)
+        if bad:
+            self.rejected_non_finite += 1
+            self.diag.problem(f"{name}: NaN/inf in {bad}{hint}; not recorded")
+        return bool(bad)
+
+    def _push(self, name: str, stamp: object, values: dict, received: float) -> None:
+        """Push a stamped message's values at its checked time; report and drop messages
+        stamped after their arrival and values holding NaN/inf."""
+        if self._non_finite(name, values):
             return
-        self.streams["joint_states"].push(stamp_to_sec(msg.header.stamp), values, now_sec(self))
+        try:
+            t = self.stamps.time_of(stamp_to_sec(stamp), received, name)
+        except ValueError as e:
+            self.diag.problem(f"{name}: {e}")
+            return
+        self.streams[name].push(t, values, received)
+
+    def on_joint_states(self, msg: JointState) -> None:
+        received, topic, J = now_sec(self), self.p.joint_states_topic, self.spec.n_joints
+        try:
+            s = merge_joint_state(self.merge, self.stamps, msg, received, topic, self.joint_names)
+        except ValueError as e:
+            self.diag.problem(f"{topic}: {e}")
+            return
+        values = {
+            "joint_pos": s.positions[:J].astype(np.float32),
+            "joint_vel": s.velocities[:J].astype(np.float32),
+        }
+        if len(self.joint_names) > J:
+            values["gripper_pos"] = s.positions[J:].astype(np.float32)
+        if self.merge.estimated and not self.vel_noted:
+            self.vel_noted = True
+            self.get_logger().warning(self.velocity_note())
+        hint = (
+            f" (the driver sends no velocity, and no earlier message within "
+            f"{self.p.max_age_s} s gives one from positions)"
+        )
+        if self._non_finite(topic, values, hint if np.isnan(s.velocities).any() else ""):
+            return
+        # the merged sample's time: its newest part (every part is within max_age_s of it)
+        self.streams["joint_states"].push(s.newest, values, received)
+
+    def velocity_note(self) -> str:
+        return (
+            f"joint_vel of {sorted(self.merge.estimated)} is estimated from successive "
+            f"positions: {self.p.joint_states_topic} carries no finite velocities for them"
+        )
 
     def on_eef_pose(self, msg: PoseStamped) -> None:
         p, o = msg.pose.position, msg.pose.orientation
@@ -211,7 +271,7 @@ class RecorderNode(Node):
             "eef_pos": np.array([p.x, p.y, p.z], np.float32),
             "eef_quat": np.array([o.x, o.y, o.z, o.w], np.float32),
         }
-        self.streams["eef_pose"].push(stamp_to_sec(msg.header.stamp), values, now_sec(self))
+        self._push("eef_pose", msg.header.stamp, values, now_sec(self))
 
     def on_object(self, msg: Float64MultiArray) -> None:
         n = self.spec.observation["object_state"][0]
@@ -229,7 +289,7 @@ class RecorderNode(Node):
         except ImageError as e:
             self.diag.problem(f"{cam}: {e}")
             return
-        self.streams[cam].push(stamp_to_sec(msg.header.stamp), {cam: rgb}, now_sec(self))
+        self._push(cam, msg.header.stamp, {cam: rgb}, now_sec(self))
 
     def on_compressed(self, cam: str, msg: CompressedImage) -> None:
         try:
@@ -237,8 +297,7 @@ class RecorderNode(Node):
         except ImageError as e:
             self.diag.problem(f"{cam}: {e}")
             return
-        frame = EncodedFrame(msg.data, msg.format)
-        self.streams[cam].push(stamp_to_sec(msg.header.stamp), {cam: frame}, now_sec(self))
+        self._push(cam, msg.header.stamp, {cam: EncodedFrame(msg.data, msg.format)}, now_sec(self))
 
     def _push_command(self) -> None:
         if np.all(np.isfinite(self.command)):
@@ -299,10 +358,16 @@ class RecorderNode(Node):
         return res
 
     def srv_stop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        # ticks of the last lag_s are not assembled yet (frames in flight): the episode is
-        # committed when the tick of this request is
-        res.success, res.message = self.rec.stop(at=now_sec(self))
-        self.get_logger().info(res.message)
+        # ticks of the last lag_s are not assembled yet (frames in flight): the episode ends
+        # with the tick of this request, and the answer waits for it (the timer runs meanwhile)
+        res.success, res.message = self.rec.stop(at=now_sec(self), wait=self.p.lag_s + 2.0)
+        if self.merge.estimated and res.success:
+            res.message += f"; {self.velocity_note()}"
+        if not res.success:
+            recent = "; ".join(self.diag.recent())
+            res.message += f" (recent problems: {recent})" if recent else ""
+        log = self.get_logger()
+        (log.info if res.success else log.error)(f"~/stop: {res.message}")
         return res
 
     def srv_discard(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
@@ -322,6 +387,8 @@ class RecorderNode(Node):
             "write_queue_max": self.rec.queue_max,
             "dropped_steps": self.rec.dropped_steps,
             "skipped_ticks": self.skipped_ticks,
+            "rejected_non_finite": self.rejected_non_finite,
+            **{f"{k}.rejected_stamps": v for k, v in self.stamps.rejected.items()},
         }
         for name, stream in self.streams.items():
             for k, v in stream.stats.summary().items():
@@ -347,7 +414,7 @@ def open_store(path: str, spec: Embodiment) -> DemoStore:
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(RecorderNode, args, params=RecorderParams, doc=__doc__)
+    run_node(RecorderNode, args, threads=2, params=RecorderParams, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Each topic is a :class:`Stream` of (stamp, {store key: value}) messages. On ever
 stamp <= t that is at most ``max_age`` old -- data/align.py's rule, the same one the rosbag
 importer uses. A stream with no fresh message holds its newest value and marks the step a gap;
 an episode with gap steps is committed with ``has_gaps: true`` and per-stream gap counts.
+A step holding NaN/inf is never stored: it is dropped and counted as a ``non_finite`` gap, and
+an episode that ends without a step says why (``stop``'s answer), never that it was committed.
 
 Writing happens on a background thread through ``DemoStore.episode_writer()``: callbacks only
 append to bounded deques and a queue, so they never wait on compression or disk. The writer
@@ -101,6 +103,16 @@ class Stream:
             return (None, True) if i < 0 else (self._values[i], bool(gap[0]))
 
 
+def non_finite_keys(values: dict[str, Any]) -> list[str]:
+    """Keys whose float values hold NaN/inf (never stored, never given to a policy)."""
+    bad = []
+    for key, v in values.items():
+        a = np.asarray(v) if not isinstance(v, EncodedFrame) else None
+        if a is not None and a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            bad.append(key)
+    return bad
+
+
 Default = dict[str, np.ndarray] | Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -144,12 +156,18 @@ class EpisodeRecorder:
         self.max_queue = max_queue
         self.dropped_steps = 0
         self._q: queue.Queue = queue.Queue()
+        # the node's services and its tick timer run on different threads
+        self._lock = threading.RLock()
+        self._finished = threading.Event()  # set when a stopped episode is finished
+        self._result: tuple[bool, str] = (False, "not recording")
+        self._silent: set[str] = set()  # required streams that had not spoken at a tick
+        self._non_finite: dict[str, int] = {}  # key -> steps dropped for NaN/inf in it
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._writer, name="recorder-writer", daemon=True)
         self._thread.start()
 
-    # ---- control ----------------------------------------------------------------------------
+    # ---- control (the node's service threads) ----------------------------------------------
 
     def start(self, at: float | None = None, **meta: Any) -> str:
         """Begin an episode with the first tick >= ``at`` (None: the next tick).
@@ -157,96 +175,152 @@ class EpisodeRecorder:
         The node's ticks run ``lag_s`` behind the clock, so ``at`` = the request time keeps
         steps from before the request out of the episode.
         """
-        if self._start_at is not None or (self.recording and self._stop_at is None):
-            return "already recording"
-        self._start_at = -math.inf if at is None else at
-        self._start_meta = {**self.meta, **meta, "start_time": time.time()}
-        return "episode starts at the next tick"
+        with self._lock:
+            if self._start_at is not None or (self.recording and self._stop_at is None):
+                return "already recording"
+            self._start_at = -math.inf if at is None else at
+            self._start_meta = {**self.meta, **meta, "start_time": time.time()}
+            return "episode starts at the next tick"
 
     def _begin(self) -> None:
         self.recording, self.success, self.steps = True, None, 0
         self._gaps = {name: 0 for name in self.streams}
+        self._silent = set()
+        self._non_finite = {}
         self._start_tick = math.nan
         self._episode_meta = self._start_meta
         self._start_at = None
         self._put(("start", None))
 
-    def stop(self, at: float | None = None) -> tuple[bool, str]:
-        """End the episode after the last tick <= ``at`` (None: now) and commit it."""
-        if self._start_at is not None and not self.recording:
-            self._start_at = None
-            return False, "episode had not begun; nothing recorded"
-        if not self.recording or self._stop_at is not None:
-            return False, "not recording"
-        if at is not None:
+    def stop(self, at: float | None = None, wait: float = 0.0) -> tuple[bool, str]:
+        """End the episode after the last tick <= ``at`` (None: now) and commit it.
+
+        With ``at``, the outcome is known once that tick is assembled (by :meth:`tick`, on
+        another thread): ``wait`` seconds are spent waiting for it, so the answer says whether
+        an episode was committed (False with the reason when no step was recorded).
+        """
+        with self._lock:
+            if self._start_at is not None and not self.recording:
+                self._start_at = None
+                return False, "episode had not begun; nothing recorded"
+            if not self.recording or self._stop_at is not None:
+                return False, "not recording"
+            if at is None:
+                return self._finish()
             self._stop_at = at
-            return True, "stopping; the episode is committed once its last ticks are assembled"
-        return self._finish()
+            self._finished.clear()
+        if self._finished.wait(wait):
+            return self._result
+        with self._lock:
+            if not self.recording:  # finished between the wait and the lock
+                return self._result
+            if self.steps == 0:
+                return False, "stopping, but no step recorded yet: " + self._why_empty()
+            return True, (
+                f"stopping after {self.steps} steps; the episode is committed once its last "
+                f"ticks are assembled"
+            )
 
     def _finish(self) -> tuple[bool, str]:
         self.recording = False
         self._stop_at = None
+        dropped = (
+            f"; dropped {sum(self._non_finite.values())} step(s) holding NaN/inf in "
+            f"{sorted(self._non_finite)}"
+            if self._non_finite
+            else ""
+        )
         if self.steps == 0:
             self._put(("discard", None))
-            return False, "episode had no steps; discarded"
-        gaps = {k: v for k, v in self._gaps.items() if v}
-        meta = {
-            **self._episode_meta,
-            "success": self.success,
-            "has_gaps": bool(gaps),
-            "gap_steps": gaps,
-            "n_steps": self.steps,
-        }
-        self._put(("commit", meta))
-        return True, f"episode of {self.steps} steps committed" + (f", gaps {gaps}" if gaps else "")
+            self._result = (False, f"no step recorded, nothing stored: {self._why_empty()}")
+        else:
+            gaps = {k: v for k, v in self._gaps.items() if v}
+            meta = {
+                **self._episode_meta,
+                "success": self.success,
+                "has_gaps": bool(gaps),
+                "gap_steps": gaps,
+                "n_steps": self.steps,
+            }
+            self._put(("commit", meta))
+            message = f"episode of {self.steps} steps committed"
+            self._result = (True, message + (f", gaps {gaps}" if gaps else "") + dropped)
+        self._finished.set()
+        return self._result
+
+    def _why_empty(self) -> str:
+        """Why an episode has no step, in words a user can act on."""
+        if self._non_finite:
+            return f"every step held NaN/inf in {sorted(self._non_finite)}"
+        if self._silent:
+            return f"no usable message from {sorted(self._silent)} (see /diagnostics)"
+        return "no tick fell between the start and the stop"
 
     def discard(self) -> tuple[bool, str]:
-        self._start_at = None
-        if not self.recording:
-            return False, "not recording"
-        self.recording = False
-        self._stop_at = None
-        self._put(("discard", None))
-        return True, f"discarded {self.steps} steps"
+        with self._lock:
+            self._start_at = None
+            if not self.recording:
+                return False, "not recording"
+            self.recording = False
+            self._stop_at = None
+            self._put(("discard", None))
+            self._result = (False, f"discarded {self.steps} steps")
+            self._finished.set()
+            return True, f"discarded {self.steps} steps"
 
     def mark_success(self, success: bool) -> tuple[bool, str]:
-        if not self.recording:
-            return False, "not recording: mark success before ~/stop"
-        self.success = bool(success)
-        return True, f"episode marked success={self.success}"
+        with self._lock:
+            if not self.recording:
+                return False, "not recording: mark success before ~/stop"
+            self.success = bool(success)
+            return True, f"episode marked success={self.success}"
 
     # ---- the tick ---------------------------------------------------------------------------
 
     def tick(self, t: float) -> dict[str, np.ndarray] | None:
-        """Assemble the step at tick ``t`` (seconds) and queue it when recording."""
-        if self.recording and self._stop_at is not None and t > self._stop_at:
-            self._finish()
-        if not self.recording and self._start_at is not None and t >= self._start_at:
-            self._begin()
-        step: dict[str, np.ndarray] = {}
-        for name, stream in self.streams.items():
-            values, gap = stream.at(t)
-            default = self.optional.get(name)
-            if default is not None and (values is None or (gap and stream.max_age is not None)):
-                values, gap = (default(step) if callable(default) else default), False
-            if values is None:
-                return None  # a required stream never spoke: nothing to record yet
-            if gap and self.recording:
-                self._gaps[name] += 1
-            step.update(values)
-        if self.recording:
-            if math.isnan(self._start_tick):
-                self._start_tick = t
-            step["timestamp"] = np.float64(t - self._start_tick)
-            if self._q.qsize() >= self.max_queue:
-                # the disk cannot keep up: drop the step rather than block the ROS callbacks,
-                # and flag the episode (a step missing from the regular grid is a gap)
-                self.dropped_steps += 1
-                self._gaps["writer_backlog"] = self._gaps.get("writer_backlog", 0) + 1
-            else:
-                self.steps += 1
-                self._put(("step", step))
-        return step
+        """Assemble the step at tick ``t`` (seconds) and queue it when recording. A step
+        holding NaN/inf is never stored: it is dropped and counted (a gap, named by key)."""
+        with self._lock:
+            if self.recording and self._stop_at is not None and t > self._stop_at:
+                self._finish()
+            if not self.recording and self._start_at is not None and t >= self._start_at:
+                self._begin()
+            step: dict[str, np.ndarray] = {}
+            for name, stream in self.streams.items():
+                values, gap = stream.at(t)
+                default = self.optional.get(name)
+                if default is not None and (values is None or (gap and stream.max_age is not None)):
+                    values, gap = (default(step) if callable(default) else default), False
+                if values is None:
+                    if self.recording:
+                        self._silent.add(name)
+                    return None  # a required stream never spoke: nothing to record yet
+                if gap and self.recording:
+                    self._gaps[name] += 1
+                step.update(values)
+            bad = non_finite_keys(step)
+            if bad:
+                if self.recording:
+                    for key in bad:
+                        self._non_finite[key] = self._non_finite.get(key, 0) + 1
+                    self._gaps["non_finite"] = self._gaps.get("non_finite", 0) + 1
+                return None
+            if self.recording:
+                self._record(t, step)
+            return step
+
+    def _record(self, t: float, step: dict[str, np.ndarray]) -> None:
+        if math.isnan(self._start_tick):
+            self._start_tick = t
+        step["timestamp"] = np.float64(t - self._start_tick)
+        if self._q.qsize() >= self.max_queue:
+            # the disk cannot keep up: drop the step rather than block the ROS callbacks,
+            # and flag the episode (a step missing from the regular grid is a gap)
+            self.dropped_steps += 1
+            self._gaps["writer_backlog"] = self._gaps.get("writer_backlog", 0) + 1
+        else:
+            self.steps += 1
+            self._put(("step", step))
 
     # ---- the writer thread ------------------------------------------------------------------
 
@@ -295,9 +369,10 @@ class EpisodeRecorder:
     def close(self) -> None:
         """Shut the writer down: a stopped episode still waiting for its last ticks is
         committed with what it has; an episode never stopped is discarded."""
-        if self.recording and self._stop_at is not None:
-            self._finish()
-        elif self.recording:
-            self.discard()
+        with self._lock:
+            if self.recording and self._stop_at is not None:
+                self._finish()
+            elif self.recording:
+                self.discard()
         self._q.put(("stop", None))
         self._thread.join(timeout=30)

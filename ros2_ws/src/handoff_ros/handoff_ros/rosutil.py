@@ -26,6 +26,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
+from data.align import JointSample, JointStateMerge, StampCheck
 from data.errors import UserError
 
 P = TypeVar("P")
@@ -108,12 +109,25 @@ class JointMatcher:
             raise ValueError(f"joint_states has {n} names but {m} positions")
         return np.asarray(msg.position, dtype=np.float64)[idx]
 
-    def velocities(self, msg: JointState) -> np.ndarray:
-        """(J,) velocities in spec order, zeros when the driver publishes none."""
-        idx = self.indices(msg.name)
-        if len(msg.velocity) != len(msg.name):
-            return np.zeros(len(self.names))
-        return np.asarray(msg.velocity, dtype=np.float64)[idx]
+
+def merge_joint_state(
+    merge: JointStateMerge,
+    stamps: StampCheck,
+    msg: JointState,
+    received: float,
+    topic: str,
+    want: Sequence[str],
+) -> JointSample:
+    """Merge one JointState into ``merge`` at its checked time (the earlier of its stamp and
+    ``received``; see :class:`data.align.StampCheck`) and return the joints ``want``, merged by
+    name over every publisher of the topic. ValueError says what is wrong (for /diagnostics): a
+    stamp after its arrival, arrays that do not fit the names, a message with none of ``want``
+    (a miswired topic), or joints not heard recently enough to be merged."""
+    t = stamps.time_of(stamp_to_sec(msg.header.stamp), received, topic)
+    merge.update(t, msg.name, msg.position, msg.velocity)
+    if not set(msg.name) & set(want):
+        raise ValueError(f"a message with none of the joints {list(want)}: it has {list(msg.name)}")
+    return merge.take(want)
 
 
 class Diagnostics:
@@ -142,12 +156,18 @@ class Diagnostics:
         if count == 1 or count % 100 == 0:  # log the first and then every 100th
             self.node.get_logger().warning(f"{message} (x{count})")
 
+    def recent(self) -> list[str]:
+        """Problems seen within the last ``hold_s`` seconds, with their counts."""
+        now = time.monotonic()
+        problems = list(self.problems.items())  # a copy: callbacks may add to it meanwhile
+        return [f"{m} (x{c})" for m, (c, t) in problems if now - t < self.hold_s]
+
     def publish(self) -> None:
         level, message, values = self.report()
-        recent = {m: c for m, (c, t) in self.problems.items() if time.monotonic() - t < self.hold_s}
+        recent = self.recent()
         if recent:
             level = max(level, WARN)
-            message = "; ".join(f"{m} (x{c})" for m, c in recent.items())
+            message = "; ".join(recent)
         status = DiagnosticStatus()
         status.level = bytes([level_value(level)])
         status.name = self.node.get_fully_qualified_name()

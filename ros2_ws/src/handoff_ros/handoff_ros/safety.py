@@ -5,6 +5,7 @@ Layers, in the order they are applied to each action (Da,) = joint targets (J,) 
 1. latched e-stop        -> hold until :meth:`SafetyFilter.clear_estop` (and re-enable)
 2. enable gate           -> no command at all until enabled (off by default, except in sim)
 3. stale observation     -> hold when the newest joint state is older than ``stale_after_s``
+                            (or claims a time after ``now``: a clock that cannot be trusted)
 4. teleop deadman        -> hold when the operator is not engaged (teleop only)
 5. NaN/inf rejection     -> hold when any element of the action is not finite
 6. joint position clamp  -> into [lower + margin, upper - margin] of the embodiment spec
@@ -43,6 +44,10 @@ class SafetyConfig:
     # Joint states older than this mean the driver or the network stalled: hold. 0.25 s is five
     # periods at 20 Hz, above DDS jitter on a loaded machine and far below a human reaction.
     stale_after_s: float = 0.25
+    # A joint state whose time lies after "now" by more than this is not believed (stale hold).
+    # The nodes also judge each message by its arrival (data.align.StampCheck), so a future
+    # stamp never reaches the filter; this is the filter's own line.
+    future_stamp_tolerance_s: float = 0.5
     # Teleop only: motion only while the operator holds the deadman input.
     require_deadman: bool = False
     # A deadman signal older than this counts as released (a teleop node that died).
@@ -57,6 +62,8 @@ class SafetyConfig:
             raise ValueError("limit_margin must be >= 0 rad")
         if not self.stale_after_s > 0:
             raise ValueError("stale_after_s must be > 0 s")
+        if not self.future_stamp_tolerance_s >= 0:
+            raise ValueError("future_stamp_tolerance_s must be >= 0 s")
         if not self.deadman_timeout_s > 0:
             raise ValueError("deadman_timeout_s must be > 0 s")
 
@@ -120,6 +127,9 @@ class SafetyFilter:
     # ---- inputs ----------------------------------------------------------------------------
 
     def observe(self, joint_pos: np.ndarray, stamp: float) -> None:
+        """A measured joint state; ``stamp`` is when it was measured, on the clock of
+        :meth:`filter`'s ``now`` (nodes pass :meth:`data.align.StampCheck.time_of`, never a
+        raw header stamp)."""
         q = np.asarray(joint_pos, dtype=np.float64).reshape(-1)
         if q.shape != (self.spec.n_joints,) or not np.all(np.isfinite(q)):
             return  # a broken joint state is no observation: the watchdog goes stale
@@ -178,7 +188,7 @@ class SafetyFilter:
             return self._count(FilterResult(None, ["disabled"]))
         if self._obs is None:
             return self._count(FilterResult(None, ["no_observation"]))
-        if now - self._obs_time > c.stale_after_s:
+        if not -c.future_stamp_tolerance_s <= now - self._obs_time <= c.stale_after_s:
             return self._hold("stale_observation", now)
         if c.require_deadman and (
             not self._engaged or now - self._engaged_time > c.deadman_timeout_s

@@ -78,7 +78,11 @@ class SimArmNode(Node):
         super().__init__("sim_arm")
         p = self.p = declare_params(self, SimArmParams)
         from data.embodiment import load_embodiment
+        from sim._gl import require_gl
         from sim.arm import SimArm
+
+        if p.camera_list:  # a GL back-end that cannot render: one line, not a render traceback
+            require_gl()
 
         base = load_embodiment(p.embodiment)
         self.arm = SimArm(p.task, p.camera_list, (p.image_height, p.image_width), base)

@@ -17,6 +17,7 @@ is published every tick: the recorder stores it as ``data/intervention``. Record
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
@@ -26,6 +27,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from data.align import JointStateMerge, StampCheck
 from data.embodiment import load_embodiment
 from data.errors import UserError
 from handoff_ros.commands import forward_msg, trajectory_msg
@@ -35,10 +37,10 @@ from handoff_ros.rosutil import (
     Diagnostics,
     JointMatcher,
     declare_params,
+    merge_joint_state,
     now_sec,
     param,
     run_node,
-    stamp_to_sec,
 )
 from handoff_ros.safety import SafetyConfig, SafetyFilter
 from handoff_ros.teleop_devices import JoyMapping, Keyboard, SpaceMouse, TeleopInput
@@ -128,13 +130,14 @@ class TeleopNode(Node):
             from sim.kinematics import DiffIK
 
             self.ik = DiffIK(SimArm(p.task, (), embodiment=self.spec))
-        self.matcher = JointMatcher(self.spec.joint_names)
         self.q: np.ndarray | None = None
         self.q_ref: np.ndarray | None = None  # integrates twists while engaged
         # the operator is the enable: the deadman layer replaces the enable gate
         self.safety = SafetyFilter(
             self.spec, SafetyConfig(require_enable=False, require_deadman=True)
         )
+        self.merge = JointStateMerge(self.safety.config.stale_after_s)
+        self.stamps = StampCheck(self.safety.config.future_stamp_tolerance_s)
         self.create_subscription(JointState, p.joint_states_topic, self.on_joint_states, 50)
         self.pub_engaged = self.create_publisher(Bool, "~/engaged", 10)
         self.pub_twist = self.create_publisher(TwistStamped, p.servo_topic, 10)
@@ -170,12 +173,19 @@ class TeleopNode(Node):
         self.leader_time = now_sec(self)
 
     def on_joint_states(self, msg: JointState) -> None:
+        """Merged by name (the gripper may publish apart); the watchdog judges the time of the
+        oldest part, never a stamp after the message's arrival (data.align.StampCheck)."""
+        topic, names = self.p.joint_states_topic, self.spec.joint_names
         try:
-            self.q = self.matcher.positions(msg)
+            s = merge_joint_state(self.merge, self.stamps, msg, now_sec(self), topic, names)
         except ValueError as e:
             self.diag.problem(f"joint_states: {e}")
             return
-        self.safety.observe(self.q, stamp_to_sec(msg.header.stamp))
+        if not np.all(np.isfinite(s.positions)):
+            self.diag.problem("joint_states: NaN/inf positions; ignored (the watchdog holds)")
+            return
+        self.q = s.positions
+        self.safety.observe(self.q, s.oldest)
 
     def read(self) -> TeleopInput:
         now = now_sec(self)
@@ -245,14 +255,21 @@ class TeleopNode(Node):
             self.diag.problem(f"recorder key {event!r}: {client.srv_name} is not available")
             return
         req = SetBool.Request(data=True) if event == "success" else Trigger.Request()
-        client.call_async(req)
+        client.call_async(req).add_done_callback(lambda f: self._recorder_answered(event, f))
         self.get_logger().info(f"recorder: {event}")
+
+    def _recorder_answered(self, event: str, future: Any) -> None:
+        """The operator hears when the recorder refused (e.g. a stop that stored nothing)."""
+        res = None if future.exception() is not None else future.result()
+        if res is not None and not res.success:
+            self.diag.problem(f"recorder {event} failed: {res.message}")
 
     def report(self) -> tuple[int, str, dict]:
         values = {
             "hardware_id": self.p.device,
             "engaged": self.input.engaged,
             "commands_sent": self.sent,
+            "rejected_stamps": sum(self.stamps.rejected.values()),
             **self.safety.status(),
         }
         if self.p.output == "joint" and self.q is None:
