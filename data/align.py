@@ -239,8 +239,8 @@ class JointSample:
 
     positions: np.ndarray
     velocities: np.ndarray
-    oldest: float
-    newest: float
+    oldest: float | int
+    newest: float | int
 
 
 class JointStateMerge:
@@ -256,17 +256,18 @@ class JointStateMerge:
     NaN (ros2_control does). Those are never passed on: the joint's velocity is estimated from
     its previous position, (q - q_prev) / (t - t_prev) when the two messages are at most
     ``window`` apart, else it is unknown (NaN in the sample; the caller refuses it). Joints
-    whose velocity was ever estimated are listed in ``estimated``. Times and ``window`` are
-    float seconds (bag stamps in ns: divide by NS_PER_S first). Plain Python, no ROS: the live
-    nodes and the offline converters can share it.
+    whose velocity was ever estimated are listed in ``estimated``. Times and ``window`` share
+    one unit, ``unit_s`` seconds: float seconds live (1.0), int nanoseconds for bag stamps
+    (1e-9), which keeps the samples' times exact. Plain Python, no ROS: the live nodes and the
+    rosbag2 converter share it.
     """
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float | int, unit_s: float = 1.0) -> None:
         if not window > 0:
             raise ValueError(f"window must be > 0, got {window}")
-        self.window = window
+        self.window, self.unit_s = window, unit_s
         # name -> (time, position, velocity); velocity NaN when unknown
-        self._state: dict[str, tuple[float, float, float]] = {}
+        self._state: dict[str, tuple[float | int, float, float]] = {}
         self.estimated: set[str] = set()
 
     @property
@@ -274,7 +275,9 @@ class JointStateMerge:
         """Every joint heard so far (in the order first heard)."""
         return list(self._state)
 
-    def update(self, t: float, names: Sequence[str], positions: Any, velocities: Any = ()) -> None:
+    def update(
+        self, t: float | int, names: Sequence[str], positions: Any, velocities: Any = ()
+    ) -> None:
         """Merge one message at time ``t``; ValueError when its arrays do not fit its names."""
         names = list(names)
         pos = np.asarray(positions, dtype=np.float64).reshape(-1)
@@ -291,7 +294,7 @@ class JointStateMerge:
                 v = self._estimate(name, t, pos[i])
             self._state[name] = (t, float(pos[i]), float(v))
 
-    def _estimate(self, name: str, t: float, q: float) -> float:
+    def _estimate(self, name: str, t: float | int, q: float) -> float:
         prev = self._state.get(name)
         if prev is None or not np.isfinite(q) or not np.isfinite(prev[1]):
             return np.nan
@@ -301,7 +304,7 @@ class JointStateMerge:
         if not 0 < dt <= self.window:
             return np.nan
         self.estimated.add(name)
-        return (q - prev[1]) / dt
+        return (q - prev[1]) / (dt * self.unit_s)
 
     def take(self, want: Sequence[str]) -> JointSample:
         """The joints ``want`` in that order; ValueError names joints never heard, or heard too
@@ -316,9 +319,9 @@ class JointStateMerge:
         old = [n for n, t in zip(want, times) if newest - t > self.window]
         if old:
             raise ValueError(
-                f"joint(s) {old} last heard over {self.window:g} s before the others "
+                f"joint(s) {old} last heard over {self.window * self.unit_s:g} s before the others "
                 f"(a driver stopped publishing?)"
             )
         pos = np.array([p[1] for p in parts])
         vel = np.array([p[2] for p in parts])
-        return JointSample(pos, vel, float(times.min()), float(newest))
+        return JointSample(pos, vel, times.min().item(), newest.item())  # int ns stay int

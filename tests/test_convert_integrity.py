@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from data.align import JointStateMerge, latest_index
 from data.convert import convert
 from data.errors import UserError
 from data.store import DemoStore
@@ -25,6 +26,7 @@ from tests.test_convert_lerobot import write_v21
 from tests.test_convert_robomimic import ENV_ARGS, write_robomimic
 from tests.test_convert_rosbag import FINGERS, NS, T_, TS, floats, header
 
+MSG = "sensor_msgs/msg/JointState"
 GREY_STEP = 4  # grey level per frame index: H.264 keeps flat grey within +-1
 
 
@@ -153,10 +155,13 @@ def joint_state(ns, names, q, v):
     )
 
 
-def write_bag(path, groups, seconds=1.0, velocity=lambda q: -q, raw=None):
+def write_bag(path, groups, seconds=1.0, velocity=lambda q: -q, raw=None, edit=None, shift=0):
     """A bag with /joint_states published in ``groups`` (lists of joint names), group g at
     100 Hz offset by g * 3 ms, and 20 Hz forward commands. ``raw`` {topic: (type, bytes)}
-    adds a connection with one undecoded message. Returns {joint: (stamps, positions)}."""
+    adds a connection with one undecoded message at 100.5 s; ``edit(k, q)`` changes the
+    positions of message k of each group after the truth is taken; ``shift`` ns is added to
+    the joint states' header stamps (not to their log times). Returns {joint: (stamps,
+    positions)}."""
     rng = np.random.default_rng(0)
     truth = {n: ([], []) for g in groups for n in g}
     msgs = []
@@ -171,10 +176,11 @@ def write_bag(path, groups, seconds=1.0, velocity=lambda q: -q, raw=None):
             for g, names in enumerate(groups):
                 ns = int((100 + k / 100) * NS) + g * 3_000_000
                 q = rng.normal(size=len(names))
-                msgs.append((ns, js, joint_state(ns, names, q, velocity(q))))
                 for n, x in zip(names, q):
                     truth[n][0].append(ns)
                     truth[n][1].append(x)
+                q = edit(k, q.copy()) if edit else q
+                msgs.append((ns, js, joint_state(ns + shift, names, q, velocity(q))))
         for k in range(int(seconds * 20)):
             ns = int((100 + k / 20) * NS) + 1_000_000
             msgs.append((ns, fwd, floats(rng.normal(size=7))))
@@ -192,22 +198,29 @@ ARM = list(spec().joint_names)
 # ---- item 7: joints and fingers in separate messages ---------------------------------------
 
 
+def ticks_of(ep, meta):
+    """(T,) int ns: the control ticks an imported episode was sampled at."""
+    T = len(ep["action"])
+    return int(round(meta["start_time"] * NS)) + np.round(np.arange(T) * NS / 20).astype(int)
+
+
 @pytest.mark.parametrize("groups", [[ARM, FINGERS], [ARM[:4], ARM[4:] + FINGERS[:1], FINGERS[1:]]])
 def test_joint_states_split_over_messages_merge_by_name(tmp_path, groups):
+    """Each tick takes every joint's newest value (data.align.JointStateMerge, as live)."""
     truth = write_bag(tmp_path / "bag", groups)
     report = to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec())
     assert report["episodes"] == 1
+    assert not any("estimated" in n or "left out" in n for n in report["notes"])
     store = DemoStore.open(tmp_path / "s.zarr")
     ep, meta = store.episode(0), store.episode_meta(0)
-    T = len(ep["action"])
-    assert T >= 18
-    ticks = int(round(meta["start_time"] * NS)) + np.round(np.arange(T) * NS / 20).astype(int)
+    ticks = ticks_of(ep, meta)
+    assert len(ticks) >= 18
     for key, names in (("joint_pos", ARM), ("gripper_pos", FINGERS)):
         for j, name in enumerate(names):
             stamps, values = truth[name]
             newest = np.searchsorted(stamps, ticks, side="right") - 1  # the alignment rule
             np.testing.assert_array_equal(ep[key][:, j], values[newest].astype(np.float32))
-    np.testing.assert_array_equal(ep["joint_vel"], -ep["joint_pos"])
+    np.testing.assert_array_equal(ep["joint_vel"], -ep["joint_pos"])  # measured: kept as sent
     assert "has_gaps" not in meta
 
 
@@ -221,29 +234,124 @@ def test_fingers_on_no_message_are_named(tmp_path):
 
 # ---- item 5: non-finite values -------------------------------------------------------------
 
+NO_VELOCITY = {  # ros2_control without a velocity interface: NaN; other drivers: empty
+    "nan": lambda q: np.full_like(q, np.nan),
+    "empty": lambda q: np.zeros(0),
+}
 
-def test_rosbag_nan_velocities_refused_then_dropped(tmp_path):
-    """A ros2_control arm without a velocity interface publishes NaN velocities."""
-    write_bag(tmp_path / "bag", [ARM + FINGERS], velocity=lambda q: np.full_like(q, np.nan))
-    with pytest.raises(
-        UserError,
-        match=r"episode 0 .*velocity is NaN or infinite at every "
-        r"step.*drop_keys=joint_vel",
-    ):
-        to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec())
+
+def live_joint_vel(groups, truth, window=0.15):
+    """What the live recorder stores for /joint_states: every message through JointStateMerge
+    in arrival order (recorder.on_joint_states without ROS), samples with an unknown velocity
+    left out. Returns (sample stamps (N,) ns, joint_vel (N, 7))."""
+    msgs = sorted(
+        (truth[g[0]][0][k], g, [truth[n][1][k] for n in g])
+        for g in groups
+        for k in range(len(truth[g[0]][0]))
+    )
+    merge, stamps, vel = JointStateMerge(window), [], []
+    for ns, names, q in msgs:
+        merge.update(ns / NS, names, q, [np.nan] * len(names))
+        try:
+            s = merge.take(ARM + FINGERS)
+        except ValueError:
+            continue
+        if np.isfinite(s.velocities[:7]).all():
+            stamps.append(ns)
+            vel.append(s.velocities[:7].astype(np.float32))
+    return np.array(stamps), np.stack(vel)
+
+
+@pytest.mark.parametrize("kind", NO_VELOCITY)
+@pytest.mark.parametrize("groups", [[ARM + FINGERS], [ARM, FINGERS]])
+def test_a_bag_without_velocities_gets_the_live_recorders_joint_vel(tmp_path, kind, groups):
+    """Estimated from successive positions, exactly as the recorder would have stored them."""
+    truth = write_bag(tmp_path / "bag", groups, velocity=NO_VELOCITY[kind])
+    report = to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec())
+    assert f"joint_vel of {ARM} estimated from successive positions" in "; ".join(report["notes"])
+    ep = DemoStore.open(tmp_path / "s.zarr").episode(0)
+    ticks = ticks_of(ep, DemoStore.open(tmp_path / "s.zarr").episode_meta(0))
+    live_ns, live_vel = live_joint_vel(groups, truth)
+    idx, _ = latest_index(live_ns, ticks)
+    assert (idx >= 0).sum() >= len(ticks) - 1
+    np.testing.assert_allclose(ep["joint_vel"][idx >= 0], live_vel[idx[idx >= 0]], rtol=1e-5)
+    # live has nothing before its first estimate; the bag's first step takes that estimate
+    # (the forward difference to the next message) instead of losing the step
+    np.testing.assert_allclose(ep["joint_vel"][idx < 0], live_vel[: (idx < 0).sum()], rtol=1e-5)
+    stamps, q = truth[ARM[0]]
+    assert np.isclose(live_vel[:, 0], (q[4] - q[3]) / ((stamps[4] - stamps[3]) / NS)).any()
+
+
+def test_velocities_that_cannot_be_estimated_are_refused_or_dropped(tmp_path):
+    """Messages further apart than the window: no velocity can be estimated, live or here."""
+    write_bag(tmp_path / "bag", [ARM + FINGERS], velocity=NO_VELOCITY["nan"])
+    with pytest.raises(UserError, match=r"no joint state usable: .*max_age_s=0.005.*drop_keys"):
+        to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec(), max_age_s=0.005)
     assert not (tmp_path / "s.zarr").exists()
     report = to_store(
-        tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec(), drop_keys="joint_vel"
+        tmp_path / "bag",
+        tmp_path,
+        "rosbag2",
+        embodiment=arm_spec(),
+        max_age_s=0.005,
+        drop_keys="joint_vel",
     )
     assert "joint_vel left out (drop_keys)" in report["notes"]
     assert "joint_vel" not in DemoStore.open(tmp_path / "s.zarr").keys
 
 
-def test_rosbag_empty_velocities_leave_the_key_out_with_a_note(tmp_path):
-    write_bag(tmp_path / "bag", [ARM + FINGERS], velocity=lambda q: np.zeros(0))
+def nan_at(k0, j=0):
+    def edit(k, q):
+        if k == k0:
+            q[j] = np.nan
+        return q
+
+    return edit
+
+
+def test_rosbag_nan_positions_refused_by_topic_key_and_step(tmp_path):
+    write_bag(tmp_path / "bag", [ARM + FINGERS], velocity=NO_VELOCITY["nan"], edit=nan_at(50))
+    with pytest.raises(
+        UserError,
+        match=r"episode 0 \(from 100.000 s\): /joint_states position is NaN or infinite at step "
+        r"10 \(1 of",
+    ):
+        to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec())
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_future_stamp_in_a_bag_is_left_out_as_live(tmp_path):
+    """A message stamped 1000 s after it was logged (data.align.StampCheck) does not count."""
+    future = joint_state(int(1100.5 * NS), ARM + FINGERS, np.full(9, 7.0), np.zeros(9))
+    raw = {"/joint_states": ("sensor_msgs/msg/JointState", TS.serialize_cdr(future, MSG))}
+    write_bag(tmp_path / "bag", [ARM + FINGERS], raw=raw)
     report = to_store(tmp_path / "bag", tmp_path, "rosbag2", embodiment=arm_spec())
-    assert any("carries no velocities" in n for n in report["notes"])
-    assert "joint_vel" not in DemoStore.open(tmp_path / "s.zarr").keys
+    assert any(
+        "1 message(s) on /joint_states stamped more than 0.5 s" in n for n in report["notes"]
+    )
+    ep = DemoStore.open(tmp_path / "s.zarr").episode(0)
+    assert len(ep["joint_pos"]) >= 18 and not (ep["joint_pos"] == 7.0).any()
+    write_bag(tmp_path / "ahead", [ARM + FINGERS], shift=NS)  # every stamp 1 s ahead
+    with pytest.raises(UserError, match=r"/joint_states has no messages stamped before the bag"):
+        to_store(tmp_path / "ahead", tmp_path, "rosbag2", "t.zarr", embodiment=arm_spec())
+    report = to_store(
+        tmp_path / "ahead",
+        tmp_path,
+        "rosbag2",
+        "t.zarr",
+        embodiment=arm_spec(),
+        future_stamp_tolerance_s=2,
+    )  # within the tolerance: each message counts at its log time, the earlier of the two
+    assert report["episodes"] == 1
+    with pytest.raises(UserError, match=r"future_stamp_tolerance_s='x': give seconds"):
+        to_store(
+            tmp_path / "bag",
+            tmp_path,
+            "rosbag2",
+            "u.zarr",
+            embodiment=arm_spec(),
+            future_stamp_tolerance_s="x",
+        )
 
 
 def test_robomimic_nan_names_dataset_and_step(tmp_path):
@@ -280,7 +388,7 @@ def test_lerobot_and_handoff_nan_refused(tmp_path):
 def test_nan_on_the_command_line_is_one_line(tmp_path, capsys):
     from data.cli import main
 
-    write_bag(tmp_path / "bag", [ARM + FINGERS], velocity=lambda q: np.full_like(q, np.nan))
+    write_bag(tmp_path / "bag", [ARM + FINGERS], edit=nan_at(50))
     spec_file = tmp_path / "arm.json"
     spec_file.write_text(json.dumps(arm_spec().to_dict()))
     with pytest.raises(SystemExit) as e:
@@ -300,7 +408,7 @@ def test_nan_on_the_command_line_is_one_line(tmp_path, capsys):
         )
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "drop_keys=joint_vel" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "position is NaN" in err[0]
 
 
 # ---- item 6: a source's rate is carried on ---------------------------------------------
@@ -499,7 +607,7 @@ def test_hostile_rosbag_messages(tmp_path):
                     ),
                 )
             },
-            r"has 7 names, 3 positions and 0 velocities",
+            r"/joint_states: the message logged at 100.500 s: 7 joint names but 3 positions",
         ),
         "wrong_type": (
             {

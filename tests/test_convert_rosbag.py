@@ -261,3 +261,64 @@ def test_bad_bags_get_one_line(tmp_path):
             camera_topic="/cams/{camera}/image_raw",
         )
     assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("gap_s", "abc"),
+        ("max_age_s", 0),
+        ("max_age_s", float("nan")),
+        ("action_offset_s", -1),
+        ("future_stamp_tolerance_s", True),
+        ("gap_s", 1e300),
+    ],
+)
+def test_time_options_that_are_not_seconds_are_refused(tmp_path, option, value):
+    """``-o KEY=VALUE`` passes text or any number through: each is checked before use."""
+    write_live_bag(tmp_path / "bag", StoragePlugin.MCAP)
+    with pytest.raises(UserError, match=rf"{option}=.*: give seconds, a number"):
+        convert(
+            tmp_path / "bag",
+            tmp_path / "o.zarr",
+            "rosbag2",
+            "handoff",
+            embodiment=bag_spec(),
+            **{option: value},
+        )
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_unset_header_stamps_take_the_log_time(tmp_path):
+    """A driver that leaves header.stamp at 0: its messages count when the bag logged them."""
+    spec = bag_spec().with_cameras([], None)
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=TS)
+        fwd = w.add_connection(
+            "/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray", typestore=TS
+        )
+        for k in range(40):
+            names = [*spec.joint_names, *FINGERS]
+            msg = T_["sensor_msgs/msg/JointState"](
+                header=header(0),
+                name=names,
+                position=np.full(9, float(k)),
+                velocity=np.zeros(0),
+                effort=np.zeros(0),
+            )
+            ns = int((100 + k / 100) * NS)
+            w.write(js, ns, TS.serialize_cdr(msg, msg.__msgtype__))
+            if k % 5 == 0:
+                w.write(fwd, ns + 1, TS.serialize_cdr(floats(np.zeros(7)), fwd.msgtype))
+    report = convert(
+        tmp_path / "bag",
+        tmp_path / "o.zarr",
+        "rosbag2",
+        "handoff",
+        embodiment=spec,
+        progress=False,
+    )
+    ep = DemoStore.open(tmp_path / "o.zarr").episode(0)
+    np.testing.assert_array_equal(ep["joint_pos"][:, 0], [0, 5, 10, 15, 20, 25, 30, 35])
+    np.testing.assert_allclose(ep["joint_vel"], 100.0, rtol=1e-4)  # 1 rad per 10 ms
+    assert any("estimated from successive positions" in n for n in report["notes"])

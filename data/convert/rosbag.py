@@ -13,14 +13,16 @@ action holds the measured joint positions and an open gripper. Episodes are deli
 marker topic (``/handoff/episode``, JSON ``{"event": "start"|"end", ...metadata}``) when the
 bag has it, otherwise by pauses longer than ``gap_s`` in ``/joint_states``.
 
-Joint states are merged by name: an arm whose gripper fingers (or joint groups) come from
-separate drivers publishes several JointState messages on one topic, and each joint takes its
-own newest value under the same rule and max age (rosbag_msgs.JointStates). ``joint_vel`` is
-read when the spec observes it: a topic with empty velocities leaves it out (noted); NaN
-velocities (ros2_control without a velocity interface) are refused like every non-finite value
-(base.checked_episode), ``-o drop_keys=joint_vel`` converts without them. Messages are checked
-against the type each topic is read as, and one that does not decode is refused by topic and
-time.
+Messages are judged as the live recorder judges them (data/align.py): a message's time is the
+earlier of its header stamp and the time the bag logged it (:class:`StampCheck`; one stamped
+more than ``future_stamp_tolerance_s`` after it was logged is left out and counted), and
+``/joint_states`` is merged by joint name with :class:`JointStateMerge` within ``max_age_s``
+(rosbag_msgs.JointStates), so an arm whose gripper fingers come from a separate driver converts,
+and velocities a driver does not measure (empty or NaN: ros2_control without a velocity
+interface) are estimated from successive positions, named in the report. Every other non-finite
+value is refused by key and step (base.checked_episode); ``-o drop_keys=KEY`` leaves a key out.
+Messages are checked against the type each topic is read as, and one that does not decode is
+refused by topic and time.
 
 Memory: low-dim messages and image *stamps* are read in one pass; image data is decoded per
 episode, only for the frames the steps use.
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from data.align import align, common_span, control_grid, split_at_gaps
+from data.align import StampCheck, align, common_span, control_grid, split_at_gaps
 from data.convert.base import (
     FORMATS,
     Episode,
@@ -65,7 +67,6 @@ from data.embodiment import Embodiment
 from data.errors import UserError
 
 NS = 1_000_000_000
-JOINT = "joint_states:"  # stream names of single joints (JointStates.streams)
 FLOATS = "std_msgs/msg/Float64MultiArray"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -80,6 +81,7 @@ class RosbagReader:
         gap_s: float = 1.0,
         max_age_s: float | None = None,
         action_offset_s: float | None = None,
+        future_stamp_tolerance_s: float = 0.5,
         task: str | None = None,
         drop_keys: Any = None,
         **topics: str,
@@ -102,12 +104,14 @@ class RosbagReader:
         self.spec = spec = spec_required(embodiment, "reading a rosbag2")
         self.embodiment, self.attrs, self.fps = spec, {}, spec.control_hz
         self.task, self.drop = task, drop_keys_option(drop_keys)
-        # recorder defaults (handoff_ros recorder.py): 3 periods max age, half-period offset
-        self.max_age = int((max_age_s if max_age_s is not None else 3 * spec.dt) * NS)
-        self.action_offset = int(
-            (action_offset_s if action_offset_s is not None else spec.dt / 2) * NS
+        # recorder defaults (handoff_ros recorder.py): 3 periods max age, half-period offset,
+        # 0.5 s future stamp tolerance
+        self.max_age = _ns("max_age_s", max_age_s, 3 * spec.dt)
+        self.action_offset = _ns("action_offset_s", action_offset_s, spec.dt / 2, zero=True)
+        self.gap = _ns("gap_s", gap_s, 1.0)
+        self.stamp_check = StampCheck(
+            _ns("future_stamp_tolerance_s", future_stamp_tolerance_s, 0.5, zero=True)
         )
-        self.gap = int(gap_s * NS)
         self._pick_topics()
         self._read_lowdim()
         self.segments = self._split()
@@ -193,7 +197,8 @@ class RosbagReader:
         # velocities only where the spec observes them (or lists no observation at all)
         self.read_vel = "joint_vel" in spec.observation or not spec.observation
         self.fingers = t.finger_names if "gripper_pos" in spec.observation else []
-        self.joints = JointStates(t.joint_states_topic, [*spec.joint_names, *self.fingers])
+        want = [*spec.joint_names, *self.fingers]
+        self.joints = JointStates(t.joint_states_topic, want, self.max_age)
         self.streams: dict[str, StreamBuffer] = {}
         for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
             self.streams[name] = StreamBuffer(name)
@@ -202,9 +207,7 @@ class RosbagReader:
         self.camera_log: dict[str, list[int]] = {cam: [] for cam in self.camera_conns}
         self._events: list[tuple[int, str, np.ndarray]] = []  # (log ns, part, command values)
         handlers: dict[str, Callable[[Any, int, str], None]] = {
-            t.joint_states_topic: lambda msg, ns, topic: self.joints.add(
-                msg, stamp_ns(msg, ns), ns
-            ),
+            t.joint_states_topic: self._on_joint_states,
             t.trajectory_topic: self._on_trajectory,
             t.forward_topic: self._on_forward,
             t.gripper_topic: self._on_gripper,
@@ -230,22 +233,76 @@ class RosbagReader:
         for conn, log_ns, raw in self._messages(connections=wanted):
             cam = cam_topics.get(conn.topic)
             if cam is not None:  # images: only the stamp now, pixels per episode later
-                ns = header_stamp_ns(raw, f"{self.path}: {conn.topic} at {log_ns / NS:.3f} s")
-                self.streams[cam].add(ns if ns > 0 else log_ns)
-                self.camera_log[cam].append(log_ns)
+                stamp = header_stamp_ns(raw, f"{self.path}: {conn.topic} at {log_ns / NS:.3f} s")
+                ns = self._time(stamp, log_ns, conn.topic)
+                if ns is not None:
+                    self.streams[cam].add(ns)
+                    self.camera_log[cam].append(log_ns)
             else:
                 handlers[conn.topic](self._msg(raw, conn, log_ns), log_ns, conn.topic)
-        if not self.joints.stamps.n:
-            raise UserError(f"{self.path}: {t.joint_states_topic} has no messages")
         self.action = self._commands(self._events)
         self.data = {name: s.arrays() for name, s in self.streams.items() if s.n}
-        self.data["joint_states"] = self.joints.stamps.arrays()
-        self.data |= {JOINT + n: stream for n, stream in self.joints.streams().items()}
-        if self.read_vel and not self.joints.velocities:
-            self.read_vel = False
-            self.report.note(
-                f"{t.joint_states_topic} carries no velocities (empty velocity): joint_vel left out"
+        self.data["joint_states"] = self._joint_samples()
+
+    def _time(self, stamp: int, log_ns: int, topic: str, check: Any = None) -> int | None:
+        """A message's time as the live recorder judges it (data.align.StampCheck): the earlier
+        of its header stamp (the log time when unset) and its log time; None (counted) when
+        stamped beyond the tolerance after it was logged."""
+        try:
+            return (check or self.stamp_check).time_of(
+                stamp if stamp > 0 else log_ns, log_ns, topic
             )
+        except ValueError:
+            return None
+
+    def _on_joint_states(self, msg: Any, log_ns: int, topic: str) -> None:
+        ns = self._time(stamp_ns(msg, log_ns), log_ns, topic)
+        if ns is not None:
+            self.joints.add(msg.name, msg.position, msg.velocity, ns, log_ns)
+
+    def _joint_samples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The merged joint samples (rosbag_msgs.JointStates), with what was estimated, left
+        out or rejected in the report; refused when nothing is left."""
+        topic, tol = self.topics.joint_states_topic, self.stamp_check.future_tolerance / NS
+        rejected = self.stamp_check.rejected.get(topic)
+        for name, n in self.stamp_check.rejected.items():
+            self.report.note(
+                f"{n} message(s) on {name} stamped more than {tol:g} s after the bag logged them "
+                f"(a publisher clock ahead): left out, as the live recorder does"
+            )
+        if not self.joints.merge.names:
+            also = (
+                " stamped before the bag logged them (another clock? see the option "
+                "future_stamp_tolerance_s)"
+                if rejected
+                else ""
+            )
+            raise UserError(f"{self.path}: {topic} has no messages{also}")
+        estimate = self.read_vel and "joint_vel" not in self.drop
+        stamps, values, unknown = self.joints.arrays(self.spec.n_joints if estimate else 0)
+        window = f"max_age_s={self.max_age / NS:g}"
+        left_out = [
+            f"{n} {topic} message(s) left out: {why}"
+            for n, why in (
+                (self.joints.apart, f"not all joints heard within {window} of each other"),
+                (unknown, f"no velocity, and no message of the joint within {window} to estimate"),
+            )
+            if n
+        ]
+        if not len(stamps):
+            raise UserError(
+                f"{self.path}: no joint state usable: {'; '.join(left_out)}; raise max_age_s "
+                f"(or pass -o drop_keys=joint_vel to convert without velocities)"
+            )
+        for note in left_out:
+            self.report.note(note)
+        estimated = [n for n in self.spec.joint_names if n in self.joints.merge.estimated]
+        if estimate and estimated:
+            self.report.note(
+                f"joint_vel of {estimated} estimated from successive positions: {topic} carries "
+                f"no finite velocities for them (as the live recorder does)"
+            )
+        return stamps, values
 
     def _on_gripper(self, msg: Any, log_ns: int, topic: str) -> None:
         if not len(msg.data):
@@ -253,9 +310,12 @@ class RosbagReader:
         self._events.append((log_ns, "gripper", np.asarray(msg.data[:1], np.float64)))
 
     def _on_eef_pose(self, msg: Any, log_ns: int, topic: str) -> None:
+        ns = self._time(stamp_ns(msg, log_ns), log_ns, topic)
+        if ns is None:
+            return
         p, o = msg.pose.position, msg.pose.orientation
         self.streams["eef_pose"].add(
-            stamp_ns(msg, log_ns),
+            ns,
             eef_pos=np.array([p.x, p.y, p.z], np.float32),
             eef_quat=np.array([o.x, o.y, o.z, o.w], np.float32),
         )
@@ -367,8 +427,7 @@ class RosbagReader:
                 yield checked_episode(episode, where, self.report, self.drop, names)
 
     def _episode(self, a: int, b: int, meta: dict[str, Any]) -> Episode | None:
-        joint_streams = [JOINT + n for n in self.joints.want]
-        obs_streams = [*joint_streams, *self.camera_conns]
+        obs_streams = ["joint_states", *self.camera_conns]
         obs_streams += [n for n in ("eef_pose", "object_state") if n in self.data]
         obs_streams += [EXTRA_PREFIX + k for k in self.extras if EXTRA_PREFIX + k in self.data]
         inside = {}
@@ -394,7 +453,7 @@ class RosbagReader:
         for name in obs_streams:
             if name in self.camera_conns:
                 steps[name] = self._frames(name, al.index[name])
-            elif name not in joint_streams:
+            elif name != "joint_states":
                 for key, values in self.data[name][1].items():
                     steps[key] = al.take(name, values)
         steps |= self._joint_steps(al)
@@ -409,14 +468,7 @@ class RosbagReader:
             flags = al.take("engaged", self.data["engaged"][1]["intervention"])
             steps["intervention"] = np.where(al.index["engaged"] < 0, False, flags)
         steps["timestamp"] = np.arange(len(ticks)) / self.spec.control_hz
-        gaps = {
-            k: v
-            for k, v in al.report().items()
-            if v and k not in ("any", "action") and not k.startswith(JOINT)
-        }
-        joint_gaps = np.any([al.gaps[name] for name in joint_streams], axis=0)
-        if joint_gaps.any():  # one count for the topic, however its joints were split
-            gaps = {"joint_states": int(joint_gaps.sum()), **gaps}
+        gaps = {k: v for k, v in al.report().items() if v and k not in ("any", "action")}
         meta = dict(meta)
         keys = meta.pop(KEYS_FIELD, {})
         for key, (dtype, shape) in keys.items():
@@ -434,19 +486,18 @@ class RosbagReader:
         return Episode(steps, meta)
 
     def _joint_steps(self, al: Any) -> dict[str, np.ndarray]:
-        """joint_pos (T, J), joint_vel (T, J) and gripper_pos (T, F), each joint from its own
-        stream (messages merged by name, see JointStates)."""
-
-        def column(names: list[str], field: str) -> np.ndarray:
-            cols = [al.take(JOINT + n, self.data[JOINT + n][1][field]) for n in names]
-            return np.stack(cols, axis=1).astype(np.float32)
-
-        joints = list(self.spec.joint_names)
-        steps = {"joint_pos": column(joints, "position")}
+        """joint_pos (T, J), joint_vel (T, J) and gripper_pos (T, F) from the merged joint
+        samples (rosbag_msgs.JointStates: arm joints first, then the fingers)."""
+        values = self.data["joint_states"][1]
+        pos = al.take("joint_states", values["position"]).astype(np.float32)
+        J = self.spec.n_joints
+        steps = {"joint_pos": pos[:, :J]}
         if self.read_vel:
-            steps["joint_vel"] = column(joints, "velocity")
+            steps["joint_vel"] = al.take("joint_states", values["velocity"][:, :J]).astype(
+                np.float32
+            )
         if self.fingers:
-            steps["gripper_pos"] = column(self.fingers, "position")
+            steps["gripper_pos"] = pos[:, J:]
         return steps
 
     def _frames(self, cam: str, index: np.ndarray) -> np.ndarray:
@@ -460,11 +511,11 @@ class RosbagReader:
         topic = self.camera_conns[cam].topic
         shape = self.spec.camera(cam).shape
         decoded: dict[int, np.ndarray] = {}
+        check = StampCheck(self.stamp_check.future_tolerance)  # pass 1's rule, counted there
         for conn, log_ns, raw in self._messages(
             connections=self.topic_conns[topic], start=int(logs.min()), stop=int(logs.max()) + 1
         ):
-            ns = header_stamp_ns(raw, topic)
-            ns = ns if ns > 0 else log_ns
+            ns = self._time(header_stamp_ns(raw, topic), log_ns, topic, check)
             if ns in wanted:
                 img = decode_image(self._msg(raw, conn, log_ns), conn.msgtype, conn.topic)
                 if img.shape != shape:
@@ -475,6 +526,15 @@ class RosbagReader:
 
     def close(self) -> None:
         self.bag.close()
+
+
+def _ns(name: str, value: Any, default: float, zero: bool = False) -> int:
+    """A seconds option as int ns; a value that is not a (positive) number is refused."""
+    value = default if value is None else value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and (0 <= value <= 1e6) and (value > 0 or zero)):
+        raise UserError(f"{name}={value!r}: give seconds, a number {'>=' if zero else '>'} 0")
+    return int(value * NS)
 
 
 def _open_writer(*args: Any, **kwargs: Any) -> Any:
@@ -493,6 +553,7 @@ FORMATS.register("rosbag2")(
             "gap_s",
             "max_age_s",
             "action_offset_s",
+            "future_stamp_tolerance_s",
             "task",
             "drop_keys",
             *TOPIC_OPTIONS,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from data.align import JointStateMerge
 from data.embodiment import Embodiment
 from data.errors import UserError
 
@@ -177,72 +178,72 @@ def by_name(names: list[str], values: Any, want: list[str], topic: str) -> np.nd
 
 
 class JointStates:
-    """``sensor_msgs/JointState`` messages merged by joint name.
+    """``sensor_msgs/JointState`` messages merged by joint name: the live recorder's rule.
 
-    Arms whose gripper fingers come from a separate driver publish them in their own message
-    on the same topic (one message with the arm joints, another with the fingers). So each
-    message is kept as it is, per set of wanted joints it carries (one buffer add per
-    message), and :meth:`streams` gives every wanted joint its own stream: each control tick
-    then takes each joint's newest value by data/align.py's rule and max age, which merges
-    joints from different messages within the alignment window. Empty ``velocity`` (ROS's
-    "unknown") is NaN; a topic that never carries velocities is reported by :attr:`velocities`.
+    Each message goes through data/align.py's :class:`JointStateMerge` in log order, exactly as
+    the recorder feeds it live: an arm and a separate gripper driver may publish apart on one
+    topic, and every message with a wanted joint gives one sample of all ``want`` joints (their
+    newest values) at the message's time, provided they lie within ``window`` of each other.
+    Velocities a driver does not measure (empty or NaN: ros2_control without a velocity
+    interface) are estimated from successive positions; see :meth:`arrays` for the samples
+    the recorder cannot estimate live. Times are int ns (bag stamps), so samples stay exact.
     """
 
-    def __init__(self, topic: str, want: list[str]) -> None:
+    def __init__(self, topic: str, want: list[str], window_ns: int) -> None:
         self.topic, self.want = topic, want
-        self.groups: dict[tuple[str, ...], StreamBuffer] = {}
-        self.stamps = StreamBuffer(topic)  # every message with a wanted joint (episode splits)
-        self.seen: set[str] = set()
-        self.velocities = False  # some message carried velocities
+        self.merge = JointStateMerge(window_ns, unit_s=1e-9)
+        self.samples = StreamBuffer(topic)
+        self.apart = 0  # messages whose joints were not all heard within the window
 
-    def add(self, msg: Any, ns: int, log_ns: int) -> None:
-        names = [str(n) for n in msg.name]
-        pos = np.asarray(msg.position, np.float64)
-        vel = np.asarray(msg.velocity, np.float64)
-        if len(pos) != len(names) or len(vel) not in (0, len(names)):
+    def add(self, names: Any, positions: Any, velocities: Any, ns: int, log_ns: int) -> None:
+        names = [str(n) for n in names]
+        try:
+            self.merge.update(ns, names, positions, velocities)
+        except ValueError as e:
             raise UserError(
-                f"{self.topic}: the message logged at {log_ns / 1e9:.3f} s has {len(names)} "
-                f"names, {len(pos)} positions and {len(vel)} velocities (damaged message)"
-            )
-        self.seen.update(names)
-        index = {n: i for i, n in enumerate(names)}
-        carried = tuple(n for n in self.want if n in index)
-        if not carried:
+                f"{self.topic}: the message logged at {log_ns / 1e9:.3f} s: {e} (damaged message)"
+            ) from None
+        if not set(names) & set(self.want):
             return
-        pick = [index[n] for n in carried]
-        buf = self.groups.setdefault(carried, StreamBuffer(self.topic))
-        buf.add(
-            ns, position=pos[pick], velocity=vel[pick] if len(vel) else np.full(len(pick), np.nan)
-        )
-        self.velocities |= bool(len(vel))
-        self.stamps.add(ns)
+        heard = set(self.merge.names)
+        try:
+            s = self.merge.take(self.want)
+        except ValueError:  # before every joint was heard once, or a driver fell silent
+            self.apart += int(all(n in heard for n in self.want))
+            return
+        self.samples.add(s.newest, position=s.positions, velocity=s.velocities)
 
-    def streams(self) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """{joint: (stamps (N,) sorted, {"position": (N,), "velocity": (N,)})} of each wanted
-        joint, from every message that carried it."""
-        missing = [n for n in self.want if not any(n in g for g in self.groups)]
+    def arrays(self, n_vel: int) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+        """(stamps (N,), {"position": (N, J), "velocity": (N, J)}, left out): one sample per
+        message. ``n_vel`` > 0: the first ``n_vel`` joints' velocities are stored, so they must
+        be known. Live, a joint's first message after a pause longer than the window has no
+        earlier position to estimate from and the recorder leaves its sample out; offline the
+        next message is there, so such a sample takes the forward difference to it (the value
+        the next sample got) when that lies within the window. Samples still without a velocity
+        (finite positions, no neighbour in the window) are left out, as live, and counted.
+        """
+        missing = [n for n in self.want if n not in self.merge.names]
         if missing:
             raise UserError(
                 f"{self.topic}: joint(s) {missing} are in no message (names seen: "
-                f"{sorted(self.seen)[:40]}); use an embodiment whose joint_names match, and set "
+                f"{self.merge.names[:40]}); use an embodiment whose joint_names match, and set "
                 f"the gripper_joints option to the finger joints"
             )
-        groups = {g: buf.arrays() for g, buf in self.groups.items()}
-        out = {}
-        for name in self.want:
-            parts = [
-                (stamps, values, g.index(name))
-                for g, (stamps, values) in groups.items()
-                if name in g
-            ]
-            stamps = np.concatenate([p[0] for p in parts])
-            order = np.argsort(stamps, kind="stable")  # ties keep arrival order per message set
-            values = {
-                k: np.concatenate([v[k][:, i] for _, v, i in parts])[order]
-                for k in ("position", "velocity")
-            }
-            out[name] = (stamps[order], values)
-        return out
+        stamps, values = self.samples.arrays()
+        if not n_vel or not len(stamps):
+            return stamps, values, 0
+        vel = values["velocity"]
+        n = len(stamps)
+        for j in range(n_vel):
+            known = np.isfinite(vel[:, j])
+            # index of the next sample with a known velocity (n: none), from the end backwards
+            nxt = np.minimum.accumulate(np.where(known, np.arange(n), n)[::-1])[::-1]
+            fill = ~known & (nxt < n)
+            fill[fill] = stamps[nxt[fill]] - stamps[fill] <= self.merge.window
+            vel[fill, j] = vel[nxt[fill], j]
+        unknown = np.isnan(vel[:, :n_vel]).any(1) & np.isfinite(values["position"]).all(1)
+        keep = ~unknown
+        return stamps[keep], {k: v[keep] for k, v in values.items()}, int(unknown.sum())
 
 
 def parse_marker(text: Any, path: Path) -> dict[str, Any]:
