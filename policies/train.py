@@ -33,6 +33,7 @@ from data.embodiment import load_embodiment
 from data.errors import UserError, cli_main
 from data.outputs import check_output, check_writable, is_url, remove
 from data.store import DemoStore
+from policies.checkpoint import read_json
 from policies.registry import get_policy_class, policy_names
 from policies.trainer import TrainConfig, Trainer, TrainingDivergedError
 
@@ -246,7 +247,13 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         f = out / "config.json"
         if not f.is_file():
             raise UserError(f"{f}: missing; --resume needs a run directory made by handoff-train")
-        run = json.loads(f.read_text())
+        run = read_json(f)
+        if not isinstance(run, dict) or not {"policy", "data", "policy_config", "train"} <= set(
+            run
+        ):
+            raise UserError(
+                f"{f}: not a run's config.json (expected policy, data, policy_config, train)"
+            )
         apply_resume_changes(args, run, f)
         check_writable(f)  # checkpoints are written into the run directory
         return run, out
@@ -279,6 +286,13 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     return run, out
 
 
+def write_run_config(out: Path, run: dict[str, Any]) -> None:
+    """Write ``out/config.json`` through a temporary file and a rename (never half-written)."""
+    tmp = out / ".config.json.partial"
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
+    os.replace(tmp, out / "config.json")
+
+
 def set_aside(out: Path) -> Path | None:
     """Move an existing run (``--force``) to a sibling, to be deleted once the new run has
     finished: a new run that fails or is interrupted never cost the old one."""
@@ -304,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run, out = prepare_run(args)
     cls = get_policy_class(run["policy"])
-    train_cfg = TrainConfig.from_dict(run["train"], source="train settings")
-    config = cls.config_class.from_dict(run["policy_config"], source="policy settings")
+    try:
+        train_cfg = TrainConfig.from_dict(run["train"], source="train settings")
+        config = cls.config_class.from_dict(run["policy_config"], source="policy settings")
+    except UserError as e:  # on --resume a bad value comes from the run's file: name it
+        raise UserError(f"{out / 'config.json'}: {e}" if args.resume else str(e)) from None
     store = DemoStore.open(run["data"])
     fingerprint = store_fingerprint(store)
     if args.resume:
@@ -332,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
     replaced = None if args.resume else set_aside(out)  # --force: kept until this run is done
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(run, indent=2) + "\n")
+    if not args.resume:
+        write_run_config(out, run)
     meta = {
         "policy": cls.name,
         "data": run["data"],
@@ -351,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.resume:
         trainer.resume()
+        write_run_config(out, run)  # only once the saved state loaded: a refusal changes nothing
     log.info(
         "%s: %d parameters, %d samples from %d episodes, inputs %s",
         cls.name,

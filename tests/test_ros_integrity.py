@@ -167,7 +167,7 @@ def record(probe: Probe, arm: SplitArm, seconds: float) -> Trigger.Response:
     # recording" (the first answer is what counts)
     assert probe.call(Trigger, "/recorder/start", Trigger.Request(), 60, resend_s=60).success
     publish_while(probe, arm, lambda: False, seconds)
-    return probe.call(Trigger, "/recorder/stop", Trigger.Request())
+    return probe.call(Trigger, "/recorder/stop", Trigger.Request(), 60, resend_s=60)
 
 
 def test_arm_and_gripper_publishing_apart_are_recorded_exactly(tmp_path):
@@ -189,8 +189,10 @@ def test_arm_and_gripper_publishing_apart_are_recorded_exactly(tmp_path):
     np.testing.assert_array_equal(
         ep["joint_pos"][:, 1:], np.tile(HOME[1:].astype(np.float32), (len(ep["joint_pos"]), 1))
     )
-    q1 = ep["joint_pos"][:, 0]  # joint 1 moving (a loaded probe may publish slower than 20 Hz)
-    assert np.all(np.diff(q1) >= 0) and q1[-1] - q1[0] > 0.3, q1
+    # joint 1 moving; a loaded probe may publish far slower than 20 Hz (steps then repeat the
+    # newest message), so only the direction is checked here and the speed below
+    q1 = ep["joint_pos"][:, 0]
+    assert np.all(np.diff(q1) >= 0) and q1[-1] - q1[0] > 0.04, q1
     np.testing.assert_allclose(ep["joint_vel"][:, 0], 0.5, atol=0.01)  # from the stamps
     np.testing.assert_allclose(ep["joint_vel"][:, 1:], 0.0, atol=1e-6)
 

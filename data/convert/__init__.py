@@ -99,8 +99,11 @@ def convert(
         try:
             _pump(reader, writer, report, progress)
             writer.close()
-        except BaseException:
-            writer.abort()
+        except UserError:  # refused: nothing is written
+            writer.abort(keep_done=False)
+            raise
+        except BaseException:  # interrupted or crashed: what is done stays, where valid
+            writer.abort(keep_done=True)
             raise
     finally:
         reader.close()

@@ -111,7 +111,9 @@ class Writer(Protocol):
 
     def close(self) -> None: ...  # finish the output (called once, after the last episode)
 
-    def abort(self) -> None: ...  # leave no half-written output behind (where that applies)
+    def abort(self, keep_done: bool) -> None:
+        """Leave no half-written output behind; ``keep_done``: an interrupted run may keep a
+        valid output of the episodes already written (a refused one never does)."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,10 @@ def checked_episode(
     Non-finite values surface in training only as "loss became nan", far from their cause, so
     every reader passes its episodes through here. The refusal names the source (``where``:
     file and episode), the key (``names`` maps handoff keys to the source's own names) and the
-    first bad step. A key that is never finite (a ros2_control arm without a velocity
-    interface publishes NaN velocities) can be left out with ``-o drop_keys=KEY``.
+    first bad step. A key that is never finite (a sensor the source never had: a LeRobot or
+    robomimic column of NaN) can be left out with ``-o drop_keys=KEY``. (NaN or empty joint
+    velocities in a bag never get here: the bag reader estimates them from positions, as the
+    live recorder does.)
     """
     for key in drop:
         if episode.steps.pop(key, None) is not None:
@@ -206,7 +210,7 @@ def checked_episode(
         if bad.all():
             raise UserError(
                 f"{where}: {name} is NaN or infinite at every step: the source never measured "
-                f"it (e.g. an arm without a velocity interface publishes NaN velocities); "
+                f"it; "
                 f"pass -o drop_keys={key} to convert without it"
             )
         raise UserError(

@@ -87,13 +87,14 @@ class HandoffWriter:
         if self.stage:
             publish(self.stage, self.path)
 
-    def abort(self) -> None:
-        # a new store keeps its committed episodes (valid up to the last finished one);
-        # a replacement is dropped, so the DST it was to replace stays as it was
+    def abort(self, keep_done: bool) -> None:
+        # an interrupted new store keeps its committed episodes (valid up to the last finished
+        # one); a refused one is removed; a replacement is dropped, so the DST it was to
+        # replace stays as it was
         if self.stage:
             remove(self.stage)
-        elif not self.store.n_episodes and not is_url(self.path):
-            remove(self.path)  # refused before its first episode: leave nothing behind
+        elif not (keep_done and self.store.n_episodes) and not is_url(self.path):
+            remove(self.path)
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

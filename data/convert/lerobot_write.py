@@ -272,7 +272,7 @@ class LeRobotWriter:
         (meta / "stats.json").write_text(json.dumps(self._stats(), indent=4))
         publish(self.tmp, self.path)
 
-    def abort(self) -> None:
+    def abort(self, keep_done: bool = False) -> None:  # staged: nothing to keep
         import shutil
 
         self._close_files()

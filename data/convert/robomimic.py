@@ -319,7 +319,7 @@ class RobomimicWriter:
         self.file.close()
         publish(self.tmp, self.path)
 
-    def abort(self) -> None:
+    def abort(self, keep_done: bool = False) -> None:  # staged: nothing to keep
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 

@@ -194,7 +194,7 @@ class RosbagWriter:
         publish(self.tmp, self.path)
         self.stage.rmdir()
 
-    def abort(self) -> None:
+    def abort(self, keep_done: bool = False) -> None:  # staged: nothing to keep
         try:
             self.bag.close()
         finally:
