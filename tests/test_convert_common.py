@@ -134,10 +134,15 @@ def test_handoff_copy_keeps_everything(tmp_path):
     assert out.embodiment == src.embodiment
 
 
-def test_interrupted_conversion_keeps_finished_episodes(tmp_path):
-    """A source that breaks at episode 2: the handoff output holds episodes 0-1 intact;
-    a LeRobot output is never left half-written."""
+def test_interrupted_conversion_keeps_finished_episodes_a_refused_one_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    """A source that breaks at episode 2: a refusal (bad input) leaves no output at all; an
+    interruption (Ctrl-C) leaves a handoff output with episodes 0-1 intact; a LeRobot output
+    is never left half-written."""
     import h5py
+
+    from data.convert import handoff
 
     src = make_store(tmp_path / "a.zarr")
     convert(tmp_path / "a.zarr", tmp_path / "r.hdf5", "handoff", "robomimic", progress=False)
@@ -145,7 +150,19 @@ def test_interrupted_conversion_keeps_finished_episodes(tmp_path):
         del f["data/demo_2/actions"]
     with pytest.raises(UserError, match="demo_2 has no actions"):
         convert(tmp_path / "r.hdf5", tmp_path / "b.zarr", "robomimic", "handoff", progress=False)
-    out = DemoStore.open(tmp_path / "b.zarr")
+    assert not (tmp_path / "b.zarr").exists()
+
+    write = handoff.HandoffWriter.write
+
+    def interrupted(self, episode):
+        if self.store.n_episodes == 2:
+            raise KeyboardInterrupt
+        write(self, episode)
+
+    monkeypatch.setattr(handoff.HandoffWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tmp_path / "a.zarr", tmp_path / "c.zarr", "handoff", "handoff", progress=False)
+    out = DemoStore.open(tmp_path / "c.zarr")
     assert out.n_episodes == 2
     np.testing.assert_array_equal(out.episode(0)["agentview"], src.episode(0)["agentview"])
     np.testing.assert_array_equal(out.episode(1)["action"], src.episode(1)["action"])

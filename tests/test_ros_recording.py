@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from data.embodiment import load_embodiment
@@ -178,25 +176,35 @@ def test_steps_holding_nan_are_dropped_and_named(tmp_path):
     assert np.isfinite(stored.episode(0)["joint_vel"]).all()
 
 
-def test_a_stop_at_a_time_answers_once_its_tick_is_assembled(tmp_path):
-    import threading
-
+def test_a_stop_at_a_time_ends_with_its_tick_and_answers_the_outcome(tmp_path):
     store, streams, rec = make(tmp_path)
-    push_obs(streams, 0.0, 0.0)
-    rec.start()
-    rec.tick(0.0)
-
-    def timer():  # the node's tick timer, on its own thread
-        for k in range(1, 10):
-            time.sleep(0.02)
-            push_obs(streams, k * 0.05, float(k))
-            rec.tick(k * 0.05)
-
-    thread = threading.Thread(target=timer)
-    thread.start()
-    ok, msg = rec.stop(at=0.22, wait=5.0)  # the last step is the tick at 0.2
-    thread.join()
-    assert ok and msg.startswith("episode of 5 steps committed"), msg
+    for k in range(3):
+        push_obs(streams, k * 0.05, float(k))
+        if k == 0:
+            rec.start()
+        rec.tick(k * 0.05)
+    ok, msg = rec.stop(at=0.22)  # ticks 0.15 and 0.2 are not assembled yet (lag_s)
+    assert ok and msg.startswith("stopping after 3 steps"), msg
+    for k in range(3, 10):
+        push_obs(streams, k * 0.05, float(k))
+        rec.tick(k * 0.05)
     assert rec.flush()
     rec.close()
-    assert DemoStore.open(store.path).n_steps == 5
+    assert DemoStore.open(store.path).n_steps == 5  # the last step is the tick at 0.2
+
+
+def test_a_stop_before_any_step_discards_at_once_and_says_so(tmp_path):
+    store, streams, rec = make(tmp_path)
+    rec.start()
+    ok, msg = rec.stop(at=0.1)  # no tick yet: the episode has not begun
+    assert not ok and "not begun" in msg, msg
+    rec.start()
+    rec.tick(0.0)  # begins, but the streams never spoke: no step
+    ok, msg = rec.stop(at=0.1)
+    assert not ok and "nothing stored" in msg, msg
+    for k in range(1, 4):
+        push_obs(streams, k * 0.05, float(k))
+        rec.tick(k * 0.05)  # later ticks record nothing: the episode is over
+    assert rec.flush()
+    rec.close()
+    assert DemoStore.open(store.path).n_episodes == 0

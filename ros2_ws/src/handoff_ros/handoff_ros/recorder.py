@@ -9,10 +9,10 @@ what a position controller holds. ``data/intervention`` is the teleop node's eng
 
 Alignment: a timer ticks at the spec's rate; tick ``t`` is assembled ``lag_s`` later with
 data/align.py's rule (see handoff_ros.recording). Services: ``~/start``, ``~/stop``,
-``~/discard`` (Trigger), ``~/mark_success`` (SetBool). ``~/stop`` answers once the episode's
-last tick is assembled: success means an episode was committed; an episode without a single
-step answers success=false with the reason. Per-topic rate, latency and drops go to
-/diagnostics.
+``~/discard`` (Trigger), ``~/mark_success`` (SetBool). ``~/stop`` answers with the outcome:
+success means the episode is committed (with the tick of the request, once assembled); an
+episode without a single step is discarded and answers success=false with the reason.
+Per-topic rate, latency and drops go to /diagnostics.
 
 What is recorded is exact or refused by name: joint states are merged by joint name across
 messages within ``max_age_s`` (an arm and a separate gripper driver may publish separately);
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -197,12 +196,10 @@ class RecorderNode(Node):
                 "engaged": {"intervention": np.array(False)},
             },
         )
-        # services on their own thread: ~/stop waits for the tick timer to finish the episode
-        srv = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "~/start", self.srv_start, callback_group=srv)
-        self.create_service(Trigger, "~/stop", self.srv_stop, callback_group=srv)
-        self.create_service(Trigger, "~/discard", self.srv_discard, callback_group=srv)
-        self.create_service(SetBool, "~/mark_success", self.srv_mark_success, callback_group=srv)
+        self.create_service(Trigger, "~/start", self.srv_start)
+        self.create_service(Trigger, "~/stop", self.srv_stop)
+        self.create_service(Trigger, "~/discard", self.srv_discard)
+        self.create_service(SetBool, "~/mark_success", self.srv_mark_success)
         self.dt = spec.dt
         self.next_tick = math.nan
         self.skipped_ticks = 0
@@ -359,8 +356,8 @@ class RecorderNode(Node):
 
     def srv_stop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         # ticks of the last lag_s are not assembled yet (frames in flight): the episode ends
-        # with the tick of this request, and the answer waits for it (the timer runs meanwhile)
-        res.success, res.message = self.rec.stop(at=now_sec(self), wait=self.p.lag_s + 2.0)
+        # with the tick of this request
+        res.success, res.message = self.rec.stop(at=now_sec(self))
         if self.merge.estimated and res.success:
             res.message += f"; {self.velocity_note()}"
         if not res.success:
@@ -414,7 +411,7 @@ def open_store(path: str, spec: Embodiment) -> DemoStore:
 
 
 def main(args: list[str] | None = None) -> None:
-    run_node(RecorderNode, args, threads=2, params=RecorderParams, doc=__doc__)
+    run_node(RecorderNode, args, params=RecorderParams, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -156,10 +156,8 @@ class EpisodeRecorder:
         self.max_queue = max_queue
         self.dropped_steps = 0
         self._q: queue.Queue = queue.Queue()
-        # the node's services and its tick timer run on different threads
+        # control calls and ticks may come from different threads (the node uses one)
         self._lock = threading.RLock()
-        self._finished = threading.Event()  # set when a stopped episode is finished
-        self._result: tuple[bool, str] = (False, "not recording")
         self._silent: set[str] = set()  # required streams that had not spoken at a tick
         self._non_finite: dict[str, int] = {}  # key -> steps dropped for NaN/inf in it
         self._idle = threading.Event()
@@ -192,12 +190,12 @@ class EpisodeRecorder:
         self._start_at = None
         self._put(("start", None))
 
-    def stop(self, at: float | None = None, wait: float = 0.0) -> tuple[bool, str]:
+    def stop(self, at: float | None = None) -> tuple[bool, str]:
         """End the episode after the last tick <= ``at`` (None: now) and commit it.
 
-        With ``at``, the outcome is known once that tick is assembled (by :meth:`tick`, on
-        another thread): ``wait`` seconds are spent waiting for it, so the answer says whether
-        an episode was committed (False with the reason when no step was recorded).
+        The answer is the outcome, given at once (the ticks of the last ``lag_s`` are assembled
+        later, by :meth:`tick`): an episode with no step so far is discarded now and answers
+        False with the reason; any other is committed, so it answers True.
         """
         with self._lock:
             if self._start_at is not None and not self.recording:
@@ -205,17 +203,9 @@ class EpisodeRecorder:
                 return False, "episode had not begun; nothing recorded"
             if not self.recording or self._stop_at is not None:
                 return False, "not recording"
-            if at is None:
+            if at is None or self.steps == 0:
                 return self._finish()
             self._stop_at = at
-            self._finished.clear()
-        if self._finished.wait(wait):
-            return self._result
-        with self._lock:
-            if not self.recording:  # finished between the wait and the lock
-                return self._result
-            if self.steps == 0:
-                return False, "stopping, but no step recorded yet: " + self._why_empty()
             return True, (
                 f"stopping after {self.steps} steps; the episode is committed once its last "
                 f"ticks are assembled"
@@ -232,21 +222,18 @@ class EpisodeRecorder:
         )
         if self.steps == 0:
             self._put(("discard", None))
-            self._result = (False, f"no step recorded, nothing stored: {self._why_empty()}")
-        else:
-            gaps = {k: v for k, v in self._gaps.items() if v}
-            meta = {
-                **self._episode_meta,
-                "success": self.success,
-                "has_gaps": bool(gaps),
-                "gap_steps": gaps,
-                "n_steps": self.steps,
-            }
-            self._put(("commit", meta))
-            message = f"episode of {self.steps} steps committed"
-            self._result = (True, message + (f", gaps {gaps}" if gaps else "") + dropped)
-        self._finished.set()
-        return self._result
+            return False, f"no step recorded, nothing stored: {self._why_empty()}"
+        gaps = {k: v for k, v in self._gaps.items() if v}
+        meta = {
+            **self._episode_meta,
+            "success": self.success,
+            "has_gaps": bool(gaps),
+            "gap_steps": gaps,
+            "n_steps": self.steps,
+        }
+        self._put(("commit", meta))
+        message = f"episode of {self.steps} steps committed"
+        return True, message + (f", gaps {gaps}" if gaps else "") + dropped
 
     def _why_empty(self) -> str:
         """Why an episode has no step, in words a user can act on."""
@@ -264,8 +251,6 @@ class EpisodeRecorder:
             self.recording = False
             self._stop_at = None
             self._put(("discard", None))
-            self._result = (False, f"discarded {self.steps} steps")
-            self._finished.set()
             return True, f"discarded {self.steps} steps"
 
     def mark_success(self, success: bool) -> tuple[bool, str]:
