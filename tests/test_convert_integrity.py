@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from fractions import Fraction
 
 import av
 import h5py
@@ -22,7 +21,7 @@ from data.convert import convert
 from data.errors import UserError
 from data.store import DemoStore
 from tests.test_convert_common import make_store, spec
-from tests.test_convert_lerobot import write_v21
+from tests.test_convert_lerobot import write_mp4, write_v21
 from tests.test_convert_robomimic import ENV_ARGS, write_robomimic
 from tests.test_convert_rosbag import FINGERS, NS, T_, TS, floats, header
 
@@ -32,17 +31,8 @@ GREY_STEP = 4  # grey level per frame index: H.264 keeps flat grey within +-1
 
 def write_grey_mp4(path, n, fps, size=(32, 48)):
     """An MP4 of ``n`` flat grey frames at ``fps``; frame i has level i * GREY_STEP."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
-        for i in range(n):
-            img = np.full((*size, 3), i * GREY_STEP, np.uint8)
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    levels = (np.arange(n) * GREY_STEP).astype(np.uint8)
+    write_mp4(path, np.broadcast_to(levels[:, None, None, None], (n, *size, 3)).copy(), fps)
 
 
 def frame_numbers(frames):

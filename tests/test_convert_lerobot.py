@@ -98,6 +98,23 @@ def test_files_rotate_and_read_back(tmp_path, monkeypatch):
     assert psnr(src.episode(2)["wrist"], out.episode(2)["wrist"]) > MIN_PSNR_DB
 
 
+def write_mp4(path, imgs, fps, crf=None) -> None:
+    """An H.264 MP4 of ``imgs`` (T, H, W, 3) uint8 at ``fps``, frame i at pts i."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(fps))
+        s.height, s.width = imgs.shape[1:3]
+        s.pix_fmt = "yuv420p"
+        if crf is not None:
+            s.options = {"crf": str(crf)}
+        for i, img in enumerate(imgs):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
 def write_v21(root, lengths=(8, 11), fps=10):
     """A LeRobot v2.1 dataset the way lerobot 0.2/0.3 laid it out (per-episode files)."""
     rng = np.random.default_rng(1)
@@ -151,17 +168,7 @@ def write_v21(root, lengths=(8, 11), fps=10):
         imgs = frames(rng, T)
         video = root / f"videos/chunk-000/observation.images.top/episode_{ep:06d}.mp4"
         video.parent.mkdir(parents=True, exist_ok=True)
-        with av.open(str(video), "w") as c:
-            s = c.add_stream("libx264", rate=Fraction(fps))
-            s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
-            s.options = {"crf": "10"}
-            for i, img in enumerate(imgs):
-                f = av.VideoFrame.from_ndarray(img, format="rgb24")
-                f.pts = i
-                for p in s.encode(f):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
+        write_mp4(video, imgs, fps, crf=10)
         lines.append(json.dumps({"episode_index": ep, "tasks": ["pick the cube"], "length": T}))
         truth.append((state, action, imgs))
         index += T

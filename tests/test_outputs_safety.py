@@ -50,6 +50,18 @@ def nested(tmp_path, small_store) -> tuple[Path, Path, dict[str, str]]:
     return d, d / "in.zarr", tree(d / "in.zarr")
 
 
+def disk_dies_at_episode(monkeypatch, n: int) -> None:
+    """Make every store's append fail once it holds ``n`` episodes (a crash mid-write)."""
+    append = DemoStore.append_episode
+
+    def crash(self, *a, **k):
+        if self.n_episodes == n:
+            raise RuntimeError("disk died")
+        return append(self, *a, **k)
+
+    monkeypatch.setattr(DemoStore, "append_episode", crash)
+
+
 def test_convert_into_folder_holding_the_source_is_refused(nested):
     """The issue's exact command, as a user runs it."""
     d, src, before = nested
@@ -95,14 +107,7 @@ def test_force_replaces_only_a_complete_output(small_store, tmp_path, capsys, mo
     assert cli(capsys, "merge", small_store.path, str(out))[0] == 0
     before = tree(out)
 
-    append = DemoStore.append_episode
-
-    def crash(self, *a, **k):
-        if self.n_episodes == 2:
-            raise RuntimeError("disk died")
-        return append(self, *a, **k)
-
-    monkeypatch.setattr(DemoStore, "append_episode", crash)
+    disk_dies_at_episode(monkeypatch, 2)
     convert = ("convert", "--from", "handoff", "--to", "handoff", "--quiet")
     for argv in (
         ("merge", small_store.path, str(out), "--force"),
@@ -112,7 +117,7 @@ def test_force_replaces_only_a_complete_output(small_store, tmp_path, capsys, mo
             data_main(list(argv))
         assert tree(out) == before, argv
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "small.zarr"]
-    monkeypatch.setattr(DemoStore, "append_episode", append)
+    monkeypatch.undo()  # the disk works again
     assert cli(capsys, *convert, small_store.path, str(out), "--force")[0] == 0
     assert DemoStore.open(out).n_episodes == 4
 
@@ -548,14 +553,7 @@ def test_delete_episodes_keeps_the_store_when_the_rewrite_fails(small_store, mon
     before = tree(path)
     with pytest.raises(UserError, match="episode 7 out of range"):
         small_store.delete_episodes([7])
-    append = DemoStore.append_episode
-
-    def crash(self, *a, **k):
-        if self.n_episodes == 1:
-            raise RuntimeError("disk died")
-        return append(self, *a, **k)
-
-    monkeypatch.setattr(DemoStore, "append_episode", crash)
+    disk_dies_at_episode(monkeypatch, 1)
     with pytest.raises(RuntimeError, match="disk died"):
         DemoStore.open(path, "a").delete_episodes([0])
     assert tree(path) == before and sorted(os.listdir(path.parent)) == ["small.zarr"]
