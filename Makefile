@@ -10,8 +10,13 @@ STAMP := $(VENV)/.handoff-setup
 ROS_PKG := ros2_ws/src/handoff_ros
 APT_PACKAGES := libosmesa6 libgl1 libglib2.0-0
 TORCH_VERSION := 2.13.0
-# Where torch comes from. Empty: pip's configured indexes (PyPI's Linux wheel is the CUDA
-# build). On a CPU-only laptop: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Which torch build: auto (cuda when `nvidia-smi -L` lists a GPU, else cpu), cpu or cuda.
+# cpu installs torch==$(TORCH_VERSION)+cpu: from pip's configured sources if they hold it (a local
+# wheel), else from PyTorch's CPU index (~200 MB, not PyPI's multi-GB CUDA build). cuda installs
+# PyPI's torch==$(TORCH_VERSION) (its Linux wheel is the CUDA build). TORCH_INDEX=URL: torch from
+# that index instead. A torch already in the venv is kept, whatever its build.
+TORCH ?= auto
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 # DDS stays on this machine: every ROS process started from here sees only loopback peers.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -36,22 +41,39 @@ $(STAMP): pyproject.toml Makefile $(ROS_PKG)/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned, so nothing pulls a multi-GB CUDA build onto a CPU machine
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
-	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) 2>&1 | $(QUIET_PIP)
-	@$(PY) -c 'import torch' 2>/dev/null || (echo "torch==$(TORCH_VERSION) failed to install"; exit 1)
+	@if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  kind=$(TORCH); \
+	  if [ "$$kind" = auto ]; then \
+	    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then kind=cuda; else kind=cpu; fi; \
+	  fi; \
+	  case "$$kind" in cpu|cuda) ;; *) echo "TORCH=$$kind: choose auto, cpu or cuda"; exit 2;; esac; \
+	  echo "installing torch $(TORCH_VERSION), $$kind build (TORCH=$(TORCH); choose with make setup TORCH=cpu|cuda)"; \
+	  if [ -n "$(TORCH_INDEX)" ]; then \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX) 2>&1 | $(QUIET_PIP); \
+	  elif [ "$$kind" = cpu ]; then \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
+	      $(PY) -m pip install -q torch==$(TORCH_VERSION)+cpu --extra-index-url $(TORCH_CPU_INDEX) 2>&1 | $(QUIET_PIP); \
+	  else \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION) 2>&1 | $(QUIET_PIP); \
+	  fi; \
+	  $(PY) -c 'import torch' 2>/dev/null || { echo "torch==$(TORCH_VERSION) ($$kind) failed to install"; exit 1; }; \
+	fi
 	$(PY) -m pip install -q -e '.[ros,interop,dev]' -e $(ROS_PKG) 2>&1 | $(QUIET_PIP)
 	@$(PY) -m pip check
 	@$(PY) -c 'import data, policies, sim, rclpy, robosuite, handoff_ros' 2>&1 | { grep -v 'robosuite WARNING' || true; }
 	@touch $(STAMP)
-	@echo "setup done: $(VENV)"
+	@$(PY) -c 'import torch; c = torch.version.cuda; print("setup done: $(VENV) with torch", torch.__version__, f"(CUDA {c} build)" if c else "(CPU build)")'
 
+# -p no:launch_testing: launch_testing's pytest plugin (from a sourced ROS 2 or the launch
+# tooling tests/test_launch_run.py builds) needs pytest < 9; those tests run ros2 launch instead
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:launch_testing
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# make demo DEMO_ARGS="--policy diffusion" | "--fresh" | "--quick"
+# make demo DEMO_ARGS="--policy diffusion" | "--cameras" | "--fresh" | "--quick"
 demo: setup
 	$(PY) -m handoff_ros.demo $(DEMO_ARGS)
 

@@ -7,6 +7,11 @@ handoff-data split STORE TRAIN_OUT VAL_OUT [--val-fraction 0.1] [--seed 0] [--fo
 handoff-data delete STORE --episodes 3,5 [--yes]
 handoff-data export-video STORE --episode N --out FILE.mp4 [--force]
 handoff-data convert --from FORMAT --to FORMAT SRC DST [--force]
+
+STORE is a handoff store (a .zarr folder, a .zarr.zip or an s3:// URL) or, for the commands
+that read, a local LeRobot v2.1/v3.0 dataset folder: it is converted once into a cached store
+(~/.cache/handoff/lerobot, or $HANDOFF_CACHE) and read from there. Other formats: convert them
+with handoff-data convert.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.convert.lerobot_store import INFERRED_ATTR, SOURCE_ATTR, is_lerobot, open_store
 from data.dataset import split_episodes
 from data.errors import UserError, cli_main
 from data.outputs import check_output, is_url, overlap, publish, remove, staging_dir
@@ -54,7 +60,7 @@ def _codec_name(arr) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    store = DemoStore.open(args.store)
+    store = open_store(args.store, progress=not args.json)
     info = store.summary()
     info["size_bytes"] = _size_on_disk(store.path)
     info["keys"] = {
@@ -82,7 +88,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"store      {info['path']}  (zarr format {info['zarr_format']}"
         + (f", {size / 1e6:.1f} MB on disk)" if size is not None else ")")
     )
-    print(f"embodiment {info['embodiment'] or '-'}")
+    if store.attrs.get(SOURCE_ATTR):
+        print(f"converted  from the LeRobot dataset {store.attrs[SOURCE_ATTR]} (cached)")
+    inferred = "  (inferred from meta/info.json; --embodiment overrides)"
+    print(
+        f"embodiment {info['embodiment'] or '-'}"
+        + (inferred if store.attrs.get(INFERRED_ATTR) else "")
+    )
     lengths = info["episode_length"]
     print(
         f"episodes   {info['episodes']}  steps {info['steps']}  length min/mean/max "
@@ -105,7 +117,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """One line per problem (exit 1); notes (an interrupted write's tail) do not fail it."""
     from data.validate import check_store
 
-    store = DemoStore.open(args.store, verify=False)  # check_store reports missing chunks
+    store = open_store(args.store, verify=False, progress=not args.quiet)  # check_store: chunks
     problems, notes = check_store(store, progress=not args.quiet)
     for note in notes:
         print(f"note: {note}")
@@ -158,7 +170,7 @@ def _check_outputs(outs: list[str], inputs: list[str], force: bool) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     _check_outputs([args.out], args.sources, args.force)
-    stores = [DemoStore.open(p) for p in args.sources]
+    stores = [open_store(p) for p in args.sources]
     out = _copy_episodes([(s, list(range(s.n_episodes))) for s in stores], args.out, "merge")
     print(f"{out.path}: {out.n_episodes} episodes, {out.n_steps} steps")
     return 0
@@ -166,7 +178,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     _check_outputs([args.train_out, args.val_out], [args.store], args.force)
-    store = DemoStore.open(args.store)
+    store = open_store(args.store)
     train, val = split_episodes(store, args.val_fraction, args.seed)
     for path, ids in ((args.train_out, train), (args.val_out, val)):
         out = _copy_episodes([(store, ids)], path, f"split -> {path}")
@@ -175,6 +187,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if is_lerobot(args.store):
+        raise UserError(
+            f"{args.store}: a LeRobot dataset is read here, never edited; copy the episodes to "
+            f"keep into a store with `handoff-data split` or `merge`, or convert it"
+        )
     store = DemoStore.open(args.store, "a")
     try:
         ids = sorted({int(x) for x in args.episodes.split(",") if x.strip()})
@@ -192,7 +209,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_export_video(args: argparse.Namespace) -> int:
     from data.video import export_episode_video
 
-    store = DemoStore.open(args.store)
+    store = open_store(args.store)
     out = export_episode_video(store, args.episode, args.out, force=args.force)
     print(f"wrote {out}")
     return 0
@@ -206,40 +223,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    store_help = "store (.zarr folder, .zarr.zip, s3:// URL) or LeRobot v2.1/v3.0 dataset folder"
     s = sub.add_parser("info", help="episodes, keys, shapes, codecs, size, success summary")
-    s.add_argument("store", help="store path (.zarr directory, .zarr.zip, or fsspec URL)")
+    s.add_argument("store", metavar="STORE", help=store_help)
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("validate", help="check the store; one line per problem, exit 1 if any")
-    s.add_argument("store")
+    s.add_argument("store", metavar="STORE", help=store_help)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("merge", help="merge stores with the same embodiment into a new store")
-    s.add_argument("sources", nargs="+", metavar="SRC")
-    s.add_argument("out", metavar="OUT")
+    s.add_argument("sources", nargs="+", metavar="SRC", help=f"input: {store_help}")
+    s.add_argument("out", metavar="OUT", help="new store folder (never one of the inputs)")
     s.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("split", help="split by episode into a train and a validation store")
-    s.add_argument("store")
-    s.add_argument("train_out", metavar="TRAIN_OUT")
-    s.add_argument("val_out", metavar="VAL_OUT")
-    s.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes (0.1)")
-    s.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+    s.add_argument("store", metavar="STORE", help=store_help)
+    s.add_argument("train_out", metavar="TRAIN_OUT", help="new store of the training episodes")
+    s.add_argument("val_out", metavar="VAL_OUT", help="new store of the validation episodes")
+    s.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the episodes for validation, 0-1 (default 0.1)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed of the episode shuffle (default 0)")
     s.add_argument("--force", action="store_true", help="overwrite outputs if they exist")
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("delete", help="delete episodes from a store (rewrites it safely)")
-    s.add_argument("store")
-    s.add_argument("--episodes", required=True, help="comma-separated episode indices")
-    s.add_argument("--yes", action="store_true", help="confirm the deletion")
+    s.add_argument("store", metavar="STORE", help="a writable local handoff store (.zarr folder)")
+    s.add_argument(
+        "--episodes", required=True, help="comma-separated episode indices from 0, e.g. 3,5"
+    )
+    s.add_argument(
+        "--yes", action="store_true", help="confirm (without it: only says what it would delete)"
+    )
     s.set_defaults(func=cmd_delete)
 
     s = sub.add_parser("export-video", help="an episode's cameras and signals to an mp4")
-    s.add_argument("store")
-    s.add_argument("--episode", type=int, required=True, help="episode index (negative from end)")
+    s.add_argument("store", metavar="STORE", help=store_help)
+    s.add_argument(
+        "--episode", type=int, required=True, help="episode index from 0 (negative: from the end)"
+    )
     s.add_argument("--out", required=True, help="output .mp4 path")
     s.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     s.set_defaults(func=cmd_export_video)

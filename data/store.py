@@ -59,6 +59,9 @@ WRITE_THREADS = 2  # frames are encoded and written in parallel (Blosc releases 
 LOWDIM_CHUNK_BYTES = 1 << 20  # ~1 MiB per low-dim chunk: long sequential reads, cheap appends
 EPISODE_META_FIELDS = ("task", "source", "success", "operator", "start_time", "seed")
 SOURCES = ("teleop", "policy", "scripted", "converted", "unknown")
+# First scene seed of an evaluation. Collection counts seeds up from 0, so evaluations start
+# far above them; ``DemoStore.first_seed_after`` moves past a store that reaches this high.
+EVAL_SEED = 100_000
 # Bounds on what a store's metadata may claim, checked before anything is read or allocated:
 MAX_CHUNK_BYTES = 1 << 30  # one decoded chunk (handoff writes ~1 MiB low-dim, 1 frame images)
 MAX_SHARD_CHUNKS = 1 << 20  # chunks per shard (its index is 16 bytes per chunk)
@@ -578,6 +581,18 @@ class DemoStore:
             if all(meta.get(k) == v for k, v in conditions.items()):
                 out.append(i)
         return out
+
+    def seeds(self) -> set[int]:
+        """The scene seeds of the stored episodes (those whose metadata records one)."""
+        return {m["seed"] for m in self._episode_meta if isinstance(m.get("seed"), int)}
+
+    def first_seed_after(self, seed: int, n: int) -> int:
+        """``seed``, or the first seed past the store's if ``seed .. seed + n - 1`` would
+        repeat a stored episode's scene (an evaluation must not test on its training scenes)."""
+        seeds = self.seeds()
+        if any(s in seeds for s in range(seed, seed + n)):
+            return max(seeds) + 1
+        return seed
 
     # ---- writing ---------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ takes /arm_controller/joint_trajectory, /forward_position_controller/commands an
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -31,6 +31,15 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "params_file", default_value=default_params, description="node parameters"
             ),
+            # Fast DDS transports of every handoff node (handoff_ros/fastdds*.xml): host (one
+            # machine, shared memory), lan (several hosts) or udp; empty: rosutil.dds_profile
+            DeclareLaunchArgument(
+                "dds_profile",
+                default_value=EnvironmentVariable("HANDOFF_DDS_PROFILE", default_value=""),
+                description="host, lan or udp (empty: lan if ROS_STATIC_PEERS or a SUBNET "
+                "discovery range is set, else host)",
+            ),
+            SetEnvironmentVariable("HANDOFF_DDS_PROFILE", LaunchConfiguration("dds_profile")),
             Node(
                 package="handoff_ros",
                 executable="sim_arm",

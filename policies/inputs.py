@@ -1,9 +1,11 @@
 """What a policy consumes, decided from the training store and checked against the spec.
 
-By default a policy's inputs follow what the store holds: every low-dim key (except the
-action, timestamps and intervention flags) and every camera. So ``handoff-train --policy act
---data STORE`` trains a state policy on a state-only store and an image policy on an image
-store, unchanged.
+By default a policy's inputs follow what the store holds, as far as a real arm observes it:
+every camera and every low-dim key (except the action, timestamps and intervention flags)
+that the embodiment spec does not mark ``privileged``. Simulator-only keys such as
+``object_state`` (the object's true pose) are inputs only with ``handoff-train --privileged``
+(config ``privileged: true``), and such a policy runs in simulation only: the policy node
+refuses it on ``robot:=real``.
 """
 
 from __future__ import annotations
@@ -38,14 +40,30 @@ def store_embodiment(store: DemoStore, override: Embodiment | None = None) -> Em
 def resolve_inputs(store: DemoStore, config: PolicyConfig, spec: Embodiment) -> PolicyConfig:
     """Return ``config`` with ``obs_keys`` filled from the store and every key checked."""
     data = store.data
+    hidden = set() if config.privileged else set(spec.privileged)
     if config.obs_keys is None:
         keys = [k for k in store.lowdim_keys if k not in NOT_OBSERVATIONS]
         keys += store.image_keys
-        keys = [k for k in keys if k not in config.exclude_keys]
+        keys = [k for k in keys if k not in config.exclude_keys and k not in hidden]
         if not keys:
             raise UserError(f"{store.path}: the store holds no observation keys to train on")
+        left_out = sorted(hidden & set(store.keys))
+        if left_out and not store.image_keys:
+            log.warning(
+                "inputs leave out the simulator-only key(s) %s and the store has no cameras: "
+                "the policy sees only the arm's own state. Collect cameras "
+                "(handoff-collect --cameras agentview,wrist) for a deployable policy, or pass "
+                "--privileged for a simulation-only state policy",
+                left_out,
+            )
     else:
         keys = list(config.obs_keys)
+        asked = sorted(hidden & set(keys))
+        if asked:
+            raise UserError(
+                f"obs_keys {asked} are simulator-only (privileged in embodiment {spec.name!r}): "
+                f"pass --privileged to train a simulation-only policy on them"
+            )
     for k in keys:
         if k not in data:
             raise UserError(
@@ -79,7 +97,7 @@ def resolve_inputs(store: DemoStore, config: PolicyConfig, spec: Embodiment) -> 
         )
     privileged = [k for k in keys if k in spec.privileged]
     if privileged:
-        log.warning("policy uses privileged key(s) %s: it can run in simulation only", privileged)
+        log.warning("policy uses privileged key(s) %s: it runs in simulation only", privileged)
     return config.replace(obs_keys=keys)
 
 

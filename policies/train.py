@@ -25,35 +25,73 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from data.embodiment import load_embodiment
 from data.errors import UserError, cli_main
 from data.outputs import check_output, check_writable, is_url, remove
-from data.store import DemoStore
-from policies.checkpoint import read_json
-from policies.registry import get_policy_class, policy_names
-from policies.trainer import TrainConfig, Trainer, TrainingDivergedError
+
+# torch, zarr and the policies are imported once the arguments are parsed: --help stays fast
+if TYPE_CHECKING:
+    from data.store import DemoStore
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+POLICY_FOLDERS = sorted(p.parent.name for p in Path(__file__).parent.glob("*/model.py"))
 log = logging.getLogger("handoff.train")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="handoff-train", description=__doc__.split("\n")[0])
-    p.add_argument("--policy", help=f"policy name ({', '.join(policy_names())})")
-    p.add_argument("--data", help="demonstration store (path or URL)")
+    p = argparse.ArgumentParser(
+        prog="handoff-train",
+        description="Train a policy on a demonstration store or a LeRobot dataset folder, "
+        "evaluating it in simulation as it goes (--task). Settings: the recipe, then --set, "
+        "then the flags.",
+    )
+    p.add_argument("--policy", help=f"policy name: {', '.join(POLICY_FOLDERS)}")
+    p.add_argument(
+        "--data",
+        help="training data: a handoff store (path or s3:// URL) or a local LeRobot v2.1/v3.0 "
+        "dataset folder (converted once into ~/.cache/handoff, see README)",
+    )
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
-    p.add_argument("--task", help="sim task to evaluate on during training (e.g. lift)")
-    p.add_argument("--recipe", help="cpu | gpu | path/to/recipe.yaml (default: by device)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--eval-every", type=int, help="steps between sim evaluations (0: at the end)")
-    p.add_argument("--eval-episodes", type=int)
-    p.add_argument("--embodiment", help="spec name or YAML for stores that carry none")
+    p.add_argument(
+        "--task", help="sim task to evaluate on during training, e.g. lift (default: none)"
+    )
+    p.add_argument(
+        "--recipe",
+        help="settings file: cpu, gpu or path/to/recipe.yaml (default: gpu on a GPU, else cpu)",
+    )
+    p.add_argument("--steps", type=int, help="optimizer steps in all (default: the recipe's)")
+    p.add_argument(
+        "--batch-size", type=int, help="samples per step and device (default: the recipe's)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to train (default auto: cuda when a GPU is visible)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help="optimizer steps between sim evaluations, 0: only at the end (default: recipe's)",
+    )
+    p.add_argument(
+        "--eval-episodes", type=int, help="episodes per sim evaluation (default: recipe's)"
+    )
+    p.add_argument(
+        "--embodiment",
+        help="robot spec name or YAML path; overrides the data's own (or, for a LeRobot "
+        "dataset without one, the spec inferred from its meta/info.json)",
+    )
+    p.add_argument(
+        "--privileged",
+        action="store_true",
+        help="also train on simulator-only keys (the spec's 'privileged', e.g. object_state): "
+        "the policy then runs in simulation only; without it a policy reads what a real arm "
+        "observes (cameras, joint state, gripper, end-effector pose)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -68,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="--resume even though the store changed since the run began",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
@@ -77,6 +115,15 @@ def recipe_path(policy: str, recipe: str) -> Path:
     if recipe.endswith((".yaml", ".yml")):
         return Path(recipe)
     return RECIPES_DIR / f"{policy}_{recipe}.yaml"
+
+
+def default_recipe(policy: str, family: str, cameras: bool) -> str:
+    """The bundled recipe for a device family (``cpu``/``gpu``) and store: a store with
+    cameras gets ``<policy>_<family>_camera.yaml`` where one is bundled (the CPU camera recipes;
+    the GPU recipes are image recipes already)."""
+    if cameras and recipe_path(policy, f"{family}_camera").is_file():
+        return f"{family}_camera"
+    return family
 
 
 def load_recipe(policy: str, recipe: str) -> dict[str, Any]:
@@ -171,6 +218,8 @@ def apply_resume_changes(args: argparse.Namespace, run: dict[str, Any], saved: P
         given = getattr(args, flag)
         if given is not None and not _same_path_or_value(given, run.get(flag)):
             differ.append(f"--{flag} {given} (run: {run.get(flag)})")
+    if args.privileged and not run["policy_config"].get("privileged"):
+        differ.append("--privileged (run: without)")
     if args.recipe and _resolved(recipe_path(run["policy"], args.recipe)) != _resolved(
         run["recipe"]
     ):
@@ -242,6 +291,8 @@ def check_same_store(run: dict[str, Any], now: dict[str, Any], allow: bool) -> N
 
 def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """The resolved run settings (fresh from recipe + flags, or the saved ones on --resume)."""
+    from policies.checkpoint import read_json
+
     out = Path(args.out)
     if args.resume:
         f = out / "config.json"
@@ -257,6 +308,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         apply_resume_changes(args, run, f)
         check_writable(f)  # checkpoints are written into the run directory
         return run, out
+    from policies.registry import get_policy_class
+
     if not args.policy or not args.data:
         raise UserError("--policy and --data are required (or --resume an existing --out)")
     check_output(out, [args.data], what="run directory")  # never the store's folder; writable
@@ -264,7 +317,12 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         raise UserError(f"{out} already exists; pass --force to overwrite or --resume to continue")
     get_policy_class(args.policy)  # unknown names fail here with the list
     device = resolve_device(args.device)
-    recipe = load_recipe(args.policy, args.recipe or ("gpu" if device == "cuda" else "cpu"))
+    family = args.recipe or ("gpu" if device == "cuda" else "cpu")
+    if family in ("cpu", "gpu"):
+        family = default_recipe(args.policy, family, bool(store_cameras(args)))
+    recipe = load_recipe(args.policy, family)
+    if args.privileged:
+        recipe["policy"]["privileged"] = True
     apply_sets(recipe, args.set)
     for flag, key in (
         ("steps", "steps"),
@@ -284,6 +342,14 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "train": recipe["train"],
     }
     return run, out
+
+
+def store_cameras(args: argparse.Namespace) -> list[str]:
+    """The cameras of ``--data`` (with ``--embodiment``'s spec, if given), to pick a recipe."""
+    from data.convert.lerobot_store import open_store
+
+    store = open_store(args.data, verify=False, progress=not args.no_progress)
+    return store.image_keys
 
 
 def write_run_config(out: Path, run: dict[str, Any]) -> None:
@@ -309,13 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     # handoff's own progress at INFO; other libraries (accelerate, diffusers, ...) only warn
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("handoff").setLevel(logging.INFO)
+    args = parse_args(argv)
     from accelerate.utils import set_seed
 
+    from data.convert.lerobot_store import open_store
     from data.dataset import SequenceDataset
+    from data.embodiment import load_embodiment
     from policies.checkpoint import load_normalizer
     from policies.inputs import build_normalizer, resolve_inputs, store_embodiment
+    from policies.registry import get_policy_class
+    from policies.trainer import TrainConfig, Trainer, TrainingDivergedError, summary_line
 
-    args = parse_args(argv)
     run, out = prepare_run(args)
     cls = get_policy_class(run["policy"])
     try:
@@ -323,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         config = cls.config_class.from_dict(run["policy_config"], source="policy settings")
     except UserError as e:  # on --resume a bad value comes from the run's file: name it
         raise UserError(f"{out / 'config.json'}: {e}" if args.resume else str(e)) from None
-    store = DemoStore.open(run["data"])
+    store = open_store(run["data"], progress=not args.no_progress)
     fingerprint = store_fingerprint(store)
     if args.resume:
         check_same_store(run, fingerprint, args.allow_data_change)
@@ -333,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = resolve_inputs(store, config, spec)
     episodes = training_episodes(store, train_cfg.successful_only)
+    eval_seed = store.first_seed_after(train_cfg.eval_seed, train_cfg.eval_episodes)
+    if eval_seed != train_cfg.eval_seed:
+        log.info("evaluation seeds start at %d, past the store's scene seeds", eval_seed)
+        train_cfg = train_cfg.replace(eval_seed=eval_seed)
     if args.resume:
         normalizer = load_normalizer(out / "last", config, spec)
     else:
@@ -385,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if replaced:
         remove(replaced)
+    print(summary_line(out, summary))
     print(json.dumps({"run": str(out), **summary}))
     return 0
 

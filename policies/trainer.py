@@ -11,6 +11,11 @@ Run directory::
     runs/NAME/last/         newest checkpoint + train_state/ (for --resume)
     runs/NAME/best/         the checkpoint with the best evaluation success so far
     runs/NAME/eval/         evaluation reports per step;  runs/NAME/tb/  TensorBoard scalars
+    runs/NAME/training.png  loss, learning rate and evaluation success against the step
+
+TensorBoard gets the loss (mean over the interval), the learning rate and the data-wait
+fraction every ``tb_every`` steps (``log_every``, but at least ~200 points over a short run) and
+each evaluation's success with its Wilson 95 % interval.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from data.errors import UserError
+from data.store import EVAL_SEED
 from policies.checkpoint import checked_file, load_weights, replace_dir, save_policy
 from policies.common.config import StrictConfig
 from policies.common.policy import Policy
@@ -66,9 +72,9 @@ class TrainConfig(StrictConfig):
     eval_every: int = 0  # steps between evaluations in sim; 0 = only at the end
     eval_episodes: int = 20
     eval_workers: int = 1
-    eval_seed: int = 100_000  # far from the seeds scripted demos are collected with
+    eval_seed: int = EVAL_SEED  # past the store's seeds (handoff-train moves it if not)
     save_every: int = 1000
-    log_every: int = 50
+    log_every: int = 50  # steps between TensorBoard points (more often on short runs)
     num_workers: int = 0  # DataLoader workers; state stores are read from memory
     seed: int = 0
     successful_only: bool = True  # train on episodes whose metadata says success
@@ -101,6 +107,94 @@ class TrainConfig(StrictConfig):
         if self.lr <= 0:
             raise UserError("train config: lr must be positive")
         self.check_limits()
+
+
+def success_text(rate: float, ci: list[float] | None) -> str:
+    """``0.86 [0.78, 0.91]``: a success rate and its 95 % interval, as a person reads them."""
+    return f"{rate:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def summary_line(run_dir: Path, summary: dict[str, Any]) -> str:
+    """The human line printed before the final JSON line of ``handoff-train``."""
+    loss = summary.get("final_loss")
+    text = (
+        f"trained {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min"
+        f" ({summary['samples_per_s']:.0f} samples/s), final loss "
+        + (f"{loss:.4g}" if loss is not None else "-")
+    )
+    evals = summary.get("evaluations") or []
+    if evals:
+        best = max(evals, key=lambda e: (e["success_rate"], e["step"]))
+        text += (
+            f"; success {success_text(best['success_rate'], best.get('success_ci95'))}"
+            f" at step {best['step']} ({len(evals)} evaluation(s))"
+        )
+    where = run_dir / ("best" if evals else "last")
+    return f"{text}; checkpoint {where}, curves {run_dir / 'training.png'}"
+
+
+def tb_interval(log_every: int, steps: int) -> int:
+    """Steps between TensorBoard points: ``log_every``, or closer so that a short run still
+    draws ~200 points (a 200-step run logged every 50 steps was four points)."""
+    return max(1, min(log_every, steps // 200))
+
+
+def plot_training(run_dir: Path) -> Path | None:
+    """``run_dir/training.png`` from the run's TensorBoard scalars (resumed runs included):
+    loss (log scale) and learning rate against the step, and evaluation success with its 95 %
+    interval when there was one. None when nothing was logged yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, dict[int, float]] = {}
+    for f in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:  # a later file (a resumed run) wins per step
+            series.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    loss = sorted(series.get("train/loss", {}).items())
+    if not loss:
+        return None
+    success = sorted(series.get("eval/success_rate", {}).items())
+    fig, axes = plt.subplots(1, 2 if success else 1, figsize=(11 if success else 6, 3.6))
+    ax = axes[0] if success else axes
+    ax.plot(*zip(*loss), color="tab:blue", linewidth=1.2, label="loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (log scale)", color="tab:blue")
+    ax.grid(alpha=0.3)
+    lr = sorted(series.get("train/lr", {}).items())
+    if lr:
+        ax_lr = ax.twinx()
+        ax_lr.plot(*zip(*lr), color="tab:orange", linewidth=1.0, label="learning rate")
+        ax_lr.set_ylabel("learning rate", color="tab:orange")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.set_title(f"{run_dir.name}: loss {loss[-1][1]:.4g} at step {loss[-1][0]}")
+    if success:
+        steps, rates = zip(*success)
+        low = series.get("eval/success_ci95_low", {})
+        high = series.get("eval/success_ci95_high", {})
+        ax = axes[1]
+        if all(s in low and s in high for s in steps):
+            err = [[r - low[s] for s, r in success], [high[s] - r for s, r in success]]
+            ax.errorbar(steps, rates, yerr=err, fmt="o-", color="tab:green", capsize=4)
+        else:
+            ax.plot(steps, rates, "o-", color="tab:green")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("success rate (95 % interval)")
+        ax.set_title(f"evaluation: best {max(rates):.2f}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "training.png"
+    tmp = run_dir / ".training.png.partial"
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -292,11 +386,11 @@ class Trainer:
                 seed=c.eval_seed,
                 workers=c.eval_workers,
                 out_dir=out,
-                progress=False,
+                progress=self._progress,
             )
         entry = {
             "step": self.step,
-            "success_rate": result["success_rate"],
+            "success_rate": round(result["success_rate"], 4),  # 4 digits: 1/10000 of a success
             "success_ci95": result.get("success_ci95"),
             "mean_length": result.get("mean_length"),
         }
@@ -335,6 +429,8 @@ class Trainer:
         )
         wait = busy = 0.0
         last_loss = None
+        every = tb_interval(c.log_every, c.steps)
+        loss_sum, loss_n = 0.0, 0  # since the last TensorBoard point
         samples = 0
         self.model.train()
         t_start = time.perf_counter()
@@ -360,13 +456,15 @@ class Trainer:
                     self.ema.update(acc.unwrap_model(self.model), self.step)
                 self.step += 1
                 last_loss = float(loss.detach())
+                loss_sum, loss_n = loss_sum + last_loss, loss_n + 1
                 samples += global_batch
                 t2 = time.perf_counter()
                 wait, busy = wait + (t1 - t0), busy + (t2 - t1)
                 t0 = t2
                 bar.update(1)
-                if writer and self.step % c.log_every == 0:
-                    writer.add_scalar("train/loss", last_loss, self.step)
+                if writer and self.step % every == 0:
+                    writer.add_scalar("train/loss", loss_sum / loss_n, self.step)
+                    loss_sum, loss_n = 0.0, 0
                     for k, v in info.items():
                         writer.add_scalar(f"train/{k}", v, self.step)
                     writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
@@ -391,9 +489,15 @@ class Trainer:
                         entry = self.evaluate(last)
                         if entry and writer:
                             writer.add_scalar("eval/success_rate", entry["success_rate"], self.step)
+                            if entry["success_ci95"]:
+                                lo, hi = entry["success_ci95"]
+                                writer.add_scalar("eval/success_ci95_low", lo, self.step)
+                                writer.add_scalar("eval/success_ci95_high", hi, self.step)
+                            writer.flush()
+                            plot_training(self.run_dir)
                             bar.write(
-                                f"step {self.step}: success {entry['success_rate']:.2f} "
-                                f"{entry['success_ci95']}"
+                                f"step {self.step}: success "
+                                f"{success_text(entry['success_rate'], entry['success_ci95'])}"
                             )
                         self.save()  # record the evaluation in last/
                     acc.wait_for_everyone()
@@ -404,13 +508,14 @@ class Trainer:
         bar.close()
         if writer:
             writer.close()
+            plot_training(self.run_dir)
         elapsed = time.perf_counter() - t_start
         return {
             "steps": self.step,
             "final_loss": last_loss,
-            "samples_per_s": samples / max(1e-9, wait + busy),
-            "data_wait_fraction": wait / max(1e-9, wait + busy),
-            "wall_s": elapsed,
+            "samples_per_s": round(samples / max(1e-9, wait + busy), 1),
+            "data_wait_fraction": round(wait / max(1e-9, wait + busy), 4),
+            "wall_s": round(elapsed, 1),
             "best_success": self.best_success if self.history else None,
             "evaluations": self.history,
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,9 @@ def collect(
         store = DemoStore.create(stage or out, spec, force=force)
         seed = 0 if seed is None else seed
     setup = functools.partial(_task_setup, task, tuple(cameras), tuple(image_size))
-    written, tried, successes = 0, 0, 0
+    written, tried, successes, n_steps = 0, 0, 0, 0
     next_seed = seed
+    t0 = time.perf_counter()
     bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
     try:
         while written < episodes and tried < MAX_ATTEMPT_FACTOR * episodes:
@@ -170,6 +172,7 @@ def collect(
                         operator="scripted_expert",
                     )
                     written += 1
+                    n_steps += len(steps["action"])
                     bar.update(1)
                 bar.set_postfix(success=f"{successes}/{tried}")
     except BaseException:
@@ -187,7 +190,17 @@ def collect(
             f"the {task} expert succeeded in only {successes} of {tried} episodes; "
             f"wrote {written} to {out} (pass --keep-failures to keep failed episodes)"
         )
-    return {"out": out, "written": written, "tried": tried, "successes": successes}
+    seconds = time.perf_counter() - t0
+    return {
+        "out": out,
+        "written": written,
+        "tried": tried,
+        "successes": successes,
+        "steps": n_steps,
+        "seconds": seconds,
+        "steps_per_s": n_steps / max(seconds, 1e-9),
+        "frames_per_s": n_steps * len(cameras) / max(seconds, 1e-9),
+    }
 
 
 @cli_main
@@ -220,9 +233,12 @@ def main(argv: list[str] | None = None) -> None:
         force=a.force,
         progress=not a.no_progress,
     )
+    rate = f"{summary['steps']} steps in {summary['seconds']:.0f} s, {summary['steps_per_s']:.0f}/s"
+    if summary["frames_per_s"]:
+        rate += f", {summary['frames_per_s']:.0f} camera frames/s"
     print(
         f"wrote {summary['written']} episodes to {summary['out']} "
-        f"({summary['successes']}/{summary['tried']} expert successes)"
+        f"({summary['successes']}/{summary['tried']} expert successes; {rate})"
     )
 
 

@@ -194,7 +194,7 @@ def evaluate_policy(
         "n_episodes": n_episodes,
         "successes": ok,
         "success_rate": ok / n_episodes,
-        "success_ci95": wilson_interval(ok, n_episodes),
+        "success_ci95": [round(v, 4) for v in wilson_interval(ok, n_episodes)],
         "mean_length": float(np.mean([r["length"] for r in results])),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
         "seeds": [r["seed"] for r in results],
@@ -213,13 +213,31 @@ def evaluate_policy(
     if out_dir is not None:
         from sim.report import write_outputs
 
-        write_outputs(
-            Path(out_dir), report, [r["frames"] for r in results if r["frames"] is not None], lat
-        )
+        shown = [r for r in results if r["frames"] is not None]
+        labels = [{k: r[k] for k in ("seed", "success", "length")} for r in shown]
+        write_outputs(Path(out_dir), report, [r["frames"] for r in shown], lat, labels)
     return report
 
 
 # ---- handoff-eval --------------------------------------------------------------------
+
+
+def unseen_seed(checkpoint: str | None, n: int) -> int:
+    """The first of ``n`` evaluation seeds: :data:`data.store.EVAL_SEED`, moved past the scene
+    seeds of the checkpoint's training store when that store can be read (the run's
+    ``train_meta.json`` names it), so no evaluation scene repeats a demonstration's."""
+    from data.store import EVAL_SEED, DemoStore
+
+    for folder in checkpoint_inputs(checkpoint) if checkpoint else []:
+        f = folder / "train_meta.json"
+        try:
+            data = json.loads(f.read_text()).get("data")
+            store = DemoStore.open(data, verify=False) if isinstance(data, str) else None
+        except (OSError, ValueError, UserError):
+            store = None  # the store moved or is elsewhere: the fixed base is far from demos
+        if store is not None:
+            return store.first_seed_after(EVAL_SEED, n)
+    return EVAL_SEED
 
 
 def checkpoint_inputs(path: str) -> list[Path]:
@@ -261,21 +279,58 @@ def main(argv: list[str] | None = None) -> None:
     from sim.replay import ReplayPolicy
     from sim.tasks import TASKS
 
-    p = argparse.ArgumentParser(prog="handoff-eval", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="handoff-eval",
+        description="Run a checkpoint, the scripted expert or a stored episode in simulation: "
+        "success rate with its Wilson 95% interval, episode lengths, inference latency.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint directory")
+    src.add_argument(
+        "--checkpoint", metavar="DIR", help="checkpoint folder, or a run folder (uses its best/)"
+    )
     src.add_argument("--expert", action="store_true", help="evaluate the scripted expert")
-    src.add_argument("--replay", metavar="STORE:EPISODE", help="open-loop replay of an episode")
+    src.add_argument(
+        "--replay",
+        metavar="STORE:EPISODE",
+        help="open-loop replay of episode EPISODE of a store or LeRobot dataset folder",
+    )
     p.add_argument("--task", help=f"one of: {', '.join(TASKS.names())} (replay: from the store)")
-    p.add_argument("--episodes", type=int, help="episodes (default 50; replay 1)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    p.add_argument("--seed", type=int, help="seed of episode 0 (default 0; replay: its seed)")
-    p.add_argument("--max-steps", type=int, help="episode time limit (default: the task's)")
-    p.add_argument("--obs-latency", type=int, default=0, help="observation delay, control steps")
-    p.add_argument("--action-latency", type=int, default=0, help="action delay, control steps")
-    p.add_argument("--out", metavar="DIR", help="write report.json, rollouts.mp4, summary.png")
-    p.add_argument("--video-episodes", type=int, default=2, help="episodes in the mp4 (with --out)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
+    p.add_argument("--episodes", type=int, help="episodes to run (default 50; replay 1)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel simulator processes (default 1)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="scene seed of episode 0; episode i uses seed+i (default 100000, past the seeds "
+        "of the checkpoint's training store, so no evaluation repeats a demonstration's "
+        "scene; replay: the episode's own seed)",
+    )
+    p.add_argument(
+        "--max-steps", type=int, help="episode time limit in control steps (default: the task's)"
+    )
+    p.add_argument(
+        "--obs-latency",
+        type=int,
+        default=0,
+        help="observation delay in control steps (default 0; 1 step = 50 ms at 20 Hz)",
+    )
+    p.add_argument(
+        "--action-latency",
+        type=int,
+        default=0,
+        help="delay before an action reaches the arm, in control steps (default 0)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write report.json, rollouts.mp4, summary.png (default: none)"
+    )
+    p.add_argument(
+        "--video-episodes",
+        type=int,
+        default=2,
+        help="episodes recorded in rollouts.mp4, with --out (default 2)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing report in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
@@ -285,6 +340,12 @@ def main(argv: list[str] | None = None) -> None:
         inputs = checkpoint_inputs(a.checkpoint) if a.checkpoint else [Path(store)] if store else []
         check_report_out(a.out, inputs, a.force)
     if store:
+        from data.convert.lerobot_store import cached_store, convert_hint, is_lerobot
+
+        if is_lerobot(store):  # a LeRobot folder: its cached conversion (README)
+            store = str(cached_store(Path(store), progress=not a.no_progress))
+        elif convert_hint(store):
+            raise UserError(convert_hint(store))
         probe = ReplayPolicy(store, episode)
         task = task or probe.task
         seed = probe.seed if seed is None else seed
@@ -303,11 +364,13 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--checkpoint {a.checkpoint}: no such checkpoint directory")
         factory = functools.partial(hook("load_policy"), a.checkpoint)
     TASKS.get(task)
+    if seed is None:
+        seed = unseen_seed(a.checkpoint, episodes or 50)
     report = evaluate_policy(
         factory,
         task,
         episodes or 50,
-        seed=0 if seed is None else seed,
+        seed=seed,
         workers=a.workers,
         max_steps=a.max_steps,
         obs_latency=a.obs_latency,
@@ -316,7 +379,10 @@ def main(argv: list[str] | None = None) -> None:
         video_episodes=a.video_episodes if a.out else 0,
         progress=not a.no_progress,
     )
+    from sim.report import summary_line
+
     brief = {k: v for k, v in report.items() if k not in ("per_episode", "seeds")}
+    print(summary_line(report))
     print(json.dumps(brief))
 
 

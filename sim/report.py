@@ -12,21 +12,68 @@ import numpy as np
 from data.outputs import remove, staging_dir
 
 VIDEO_FPS = 20  # the control rate of sim_panda: one frame per control step, real time
+VIDEO_SCALE = 2  # rendered frames are small (160 px): enlarged so the overlay text is legible
 REPORT_FILES = ("report.json", "rollouts.mp4", "summary.png")
+GREEN, RED = (40, 170, 60), (210, 40, 40)
 
 
-def write_video(path: Path, episodes: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
-    """H.264 mp4 of the episodes one after another; each (T, H, W, 3) uint8."""
+def summary_line(report: dict[str, Any]) -> str:
+    """The human line ``handoff-eval`` prints before its JSON line, figures rounded:
+    ``lift: success 0.86 [0.78, 0.91] (43/50 episodes, seeds 0-49), mean length 98.3 steps,
+    select_action p50 1.20 ms p99 3.40 ms``."""
+    lo, hi = report["success_ci95"]
+    seeds = report.get("seeds") or []
+    span = f", seeds {min(seeds)}-{max(seeds)}" if len(seeds) > 1 else ""
+    span = f", seed {seeds[0]}" if len(seeds) == 1 else span
+    lat = report["latency_ms"]
+    return (
+        f"{report['task']}: success {report['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
+        f"({report['successes']}/{report['n_episodes']} episodes{span}), mean length "
+        f"{report['mean_length']:.1f} steps, select_action p50 {lat['p50']:.2f} ms "
+        f"p99 {lat['p99']:.2f} ms"
+    )
+
+
+def overlay(frame: np.ndarray, label: dict[str, Any], step: int) -> np.ndarray:
+    """``frame`` enlarged VIDEO_SCALE times with a strip on top: seed, step / length and the
+    episode's outcome (green success, red failure)."""
+    import cv2
+
+    img = cv2.resize(
+        frame, None, fx=VIDEO_SCALE, fy=VIDEO_SCALE, interpolation=cv2.INTER_NEAREST
+    ).copy()
+    ok = bool(label["success"])
+    cv2.rectangle(img, (0, 0), (img.shape[1], 22), (0, 0, 0), -1)
+    text = f"seed {label['seed']}  step {step + 1}/{label['length']}"
+    cv2.putText(img, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    outcome = "success" if ok else "failure"
+    (w, _), _ = cv2.getTextSize(outcome, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    x = img.shape[1] - w - 6
+    cv2.putText(img, outcome, (x, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, GREEN if ok else RED, 1)
+    return img
+
+
+def write_video(
+    path: Path,
+    episodes: list[np.ndarray],
+    fps: int = VIDEO_FPS,
+    labels: list[dict[str, Any]] | None = None,
+) -> None:
+    """H.264 mp4 of the episodes one after another; each (T, H, W, 3) uint8. With ``labels``
+    (one {seed, success, length} per episode) every frame carries :func:`overlay`."""
     import av
 
     H, W = episodes[0].shape[1:3]
+    if labels:
+        H, W = H * VIDEO_SCALE, W * VIDEO_SCALE
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = W, H
         stream.pix_fmt = "yuv420p"
-        for frames in episodes:
-            for frame in frames:
-                packet = stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+        for i, frames in enumerate(episodes):
+            for t, frame in enumerate(frames):
+                img = overlay(frame, labels[i], t) if labels else frame
+                packet = stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24"))
                 container.mux(packet)
         container.mux(stream.encode())
 
@@ -43,25 +90,34 @@ def write_summary_png(path: Path, report: dict[str, Any], latency_ms: np.ndarray
     ax1.bar([str(e["seed"]) for e in eps], [e["length"] for e in eps], color=colors)
     lo, hi = report["success_ci95"]
     ax1.set_title(
-        f"{report['task']}: success {report['successes']}/{report['n_episodes']} "
-        f"(95% CI {lo:.2f}-{hi:.2f})"
+        f"{report['task']}: success {report['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
+        f"({report['successes']}/{report['n_episodes']})"
     )
     ax1.set_xlabel("episode seed (green: success)")
     ax1.set_ylabel("length (control steps)")
-    ax1.tick_params(axis="x", labelsize=6, rotation=90)
-    ax2.hist(latency_ms, bins=40, color="tab:blue")
-    ax2.set_title(
-        f"select_action latency p50 {report['latency_ms']['p50']:.2f} ms, "
-        f"p99 {report['latency_ms']['p99']:.2f} ms"
-    )
-    ax2.set_xlabel("ms")
+    few = len(eps) <= 12
+    upright = few and max(len(str(e["seed"])) for e in eps) <= 4
+    ax1.tick_params(axis="x", labelsize=8 if few else 6, rotation=0 if upright else 90)
+    p50, p99 = report["latency_ms"]["p50"], report["latency_ms"]["p99"]
+    top = max(2 * p99, 1e-3)  # a few slow first calls would squash the histogram: clipped
+    ax2.hist(np.clip(latency_ms, 0, top), bins=40, range=(0, top), color="tab:blue")
+    ax2.axvline(p50, color="black", linestyle="--", linewidth=1, label=f"p50 {p50:.2f} ms")
+    ax2.axvline(p99, color="tab:red", linestyle="--", linewidth=1, label=f"p99 {p99:.2f} ms")
+    ax2.legend(fontsize=8)
+    ax2.set_title(f"select_action latency (max {np.max(latency_ms):.1f} ms)")
+    ax2.set_xlabel(f"ms (clipped at 2 x p99 = {top:.1f} ms)")
+    ax2.set_ylabel("control steps")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def write_outputs(
-    out: Path, report: dict[str, Any], videos: list[np.ndarray], latency_ms: np.ndarray
+    out: Path,
+    report: dict[str, Any],
+    videos: list[np.ndarray],
+    latency_ms: np.ndarray,
+    labels: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the report files into ``out``; an earlier report there is replaced only once every
     new file is complete, so a run that fails midway leaves it as it was.
@@ -79,7 +135,7 @@ def write_outputs(
         tmp.mkdir()
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         if videos:
-            write_video(tmp / "rollouts.mp4", videos)
+            write_video(tmp / "rollouts.mp4", videos, labels=labels)
         write_summary_png(tmp / "summary.png", report, latency_ms)
     except BaseException:
         remove(tmp)

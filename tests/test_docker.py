@@ -2,8 +2,10 @@
 
 What is checked: every Dockerfile's base image is pinned, every path it COPYs exists in the
 repository, the entrypoint exists and is executable; every compose service builds from an
-existing Dockerfile and runs a node, launch file and parameter file that exist. What is not:
-that the images build or run, which needs an engine and network access.
+existing Dockerfile and runs a node, launch file and parameter file that exist; the smoke-test
+script (docker/smoke_test.sh) parses, builds every Dockerfile, and uses commands, launch
+arguments and log lines that exist. What is not: that the images build or run, which needs an
+engine and network access -- a user with Docker runs docker/smoke_test.sh for that.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,25 @@ def test_compose_services_reference_existing_things():
                 assert re.search(rf"^\s+{key}: \w+ = param\(", node_src, re.M), (
                     f"{name}: parameter {key} is not declared by node {cmd[3]}"
                 )
+
+
+def test_smoke_test_script_builds_every_image_and_uses_what_exists():
+    script = REPO / "docker" / "smoke_test.sh"
+    assert os.access(script, os.X_OK)
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr  # bash parses it
+    text = script.read_text()
+    for dockerfile in DOCKERFILES:
+        assert f"docker build -f docker/{dockerfile.name} -t handoff:" in text, dockerfile.name
+    scripts = {e.name for e in distribution("handoff").entry_points if e.group == "console_scripts"}
+    used = set(re.findall(r"handoff:\w+ (handoff-[a-z]+) ", text))  # run in an image
+    assert used >= {"handoff-collect", "handoff-train"} and used <= scripts, used
+    launch = re.search(r"ros2 launch handoff_ros (\S+) (.*?) *\\?\n", text)
+    assert launch and (REPO / "launch" / launch.group(1)).is_file()
+    launch_text = (REPO / "launch" / launch.group(1)).read_text()
+    for key in re.findall(r"(\w+):=", launch.group(2)):
+        assert re.search(rf'DeclareLaunchArgument\(\s*"{key}"', launch_text), key
+    # the log line it waits for is the policy node's
+    waited = re.search(r'grep -q "([^"]+)" /work/launch.log', text).group(1)
+    node = (PKG / "handoff_ros" / "policy.py").read_text()
+    assert waited in node, waited

@@ -1,12 +1,11 @@
-"""Launch files and parameter files, checked without ``launch``/``launch_ros``.
+"""Launch files and parameter files, checked statically (tests/test_launch_run.py runs them).
 
-``launch`` and ``launch_ros`` cannot be installed on this machine, so the launch files are not
-run here. What is checked, honestly: each launch file parses; every Node it starts names a
-package/executable that exists (ours: an entry point and a module with ``main``; others: an
-``exec_depend`` of package.xml); every parameter it sets literally is declared by that node;
-every parameter file it references exists; every parameter file parses with rcl's own C
-parser and sets only declared parameters, with the declared type and values the node accepts;
-and ``colcon build`` installs the executables, configs and launch files.
+These checks need no ``launch``/``launch_ros`` (not on PyPI): each launch file parses; every
+node it starts names a package/executable that exists (ours: an entry point and a module with
+``main``; others: an ``exec_depend`` of package.xml); every parameter it sets literally is
+declared by that node; every parameter file it references exists; every parameter file parses
+with rcl's own C parser and sets only declared parameters, with the declared type and values
+the node accepts; and ``colcon build`` installs the executables, configs and launch files.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ PARAMS = {
     "recorder": "RecorderParams",
     "policy": "PolicyParams",
 }
+NODE_ACTIONS = ("Node", "LifecycleNode")  # launch_ros actions that start a node
 BUILTIN = {"use_sim_time"}  # declared by rclpy for every node
 
 
@@ -56,10 +56,11 @@ def params_class(executable: str) -> type:
 
 
 def launch_nodes(path: Path) -> list[dict]:
-    """Every ``Node(...)`` call: literal kwargs, and literal keys of parameter dicts."""
+    """Every ``Node(...)``/``LifecycleNode(...)`` call: literal kwargs, and literal keys of
+    parameter dicts."""
     out = []
     for call in ast.walk(ast.parse(path.read_text())):
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node"):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") in NODE_ACTIONS):
             continue
         kw = {k.arg: k.value for k in call.keywords}
         node = {k: v.value for k, v in kw.items() if isinstance(v, ast.Constant)}

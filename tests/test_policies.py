@@ -14,7 +14,7 @@ from policies import load
 from policies.act.model import TemporalEnsembler
 from policies.checkpoint import save_policy
 from policies.common.normalizer import Normalizer
-from policies.common.vision import ResNet18GN, SpatialSoftmax, crop_images
+from policies.common.vision import ResNet18GN, SpatialSoftmax, crop_images, prepare_images
 from policies.registry import get_policy_class, make_config, policy_names, register_policy
 
 STATE_KEYS = ["eef_pos", "gripper_pos", "joint_pos"]
@@ -258,15 +258,27 @@ def test_vision_pieces():
     assert fmap.shape == (2, 128, 3, 3)
     kp = SpatialSoftmax(128, 5)(fmap)
     assert kp.shape == (2, 10) and kp.abs().max() <= 1
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    x = torch.arange(2 * 8 * 8 * 3, dtype=torch.float32).reshape(2, 8, 8, 3)  # NHWC
     c = crop_images(x, (6, 6), random=False)
-    assert torch.equal(c, x[:, :, 1:7, 1:7])
+    assert torch.equal(c, x[:, 1:7, 1:7])
     torch.manual_seed(0)
     r = crop_images(x, (6, 6), random=True)
     for n in range(2):  # every random crop is a contiguous window of its own image
-        top = int((r[n, 0, 0, 0] - x[n, 0, 0, 0]) // 8)
-        left = int((r[n, 0, 0, 0] - x[n, 0, 0, 0]) % 8)
-        assert torch.equal(r[n], x[n, :, top : top + 6, left : left + 6])
+        offset = int(r[n, 0, 0, 0] - x[n, 0, 0, 0]) // 3
+        top, left = offset // 8, offset % 8
+        assert torch.equal(r[n], x[n, top : top + 6, left : left + 6])
+
+
+def test_prepare_images_gives_contiguous_nchw_in_unit_range():
+    frames = torch.randint(0, 256, (4, 10, 12, 3), dtype=torch.uint8)
+    for random in (False, True):
+        x = prepare_images(frames, (8, 8), random)
+        assert x.shape == (4, 3, 8, 8) and x.dtype == torch.float32
+        assert x.is_contiguous()  # not channels-last: CPU convolutions are slow on that layout
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    centre = prepare_images(frames, (8, 8), False)
+    want = frames[:, 1:9, 2:10].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    assert torch.allclose(centre, want)
 
 
 def test_normalizer_round_trip_and_constant_dims():

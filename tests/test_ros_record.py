@@ -5,6 +5,7 @@ One simulated arm serves the module (robosuite takes seconds to build a scene).
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -112,6 +113,13 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
         assert 15 < float(diag["joint_states.rate_hz"]) < 25, diag
         assert float(diag["joint_states.latency_ms_p50"]) < 100, diag
         assert int(diag["joint_states.dropped"]) >= 0 and int(diag["agentview.received"]) > 10
+        # a discarded episode: nothing stored, the log says so and why
+        probe.call(Trigger, "/recorder/start", Trigger.Request(), 60)
+        teleop_for(probe, pubs, latest_q(probe), 0.5, phase=0)
+        assert probe.call(Trigger, "/recorder/discard", Trigger.Request()).success
+        discarded = "episode discarded after"
+        assert probe.spin_until(lambda: discarded in rec.log(), 10), rec.log()
+        assert re.search(r"episode discarded after \d+ steps: ~/discard called", rec.log())
         # a fourth episode, killed mid-way: it must vanish, the three before stay intact
         probe.call(Trigger, "/recorder/start", Trigger.Request(), 60)
         teleop_for(probe, pubs, latest_q(probe), 1.0, phase=0)
@@ -128,6 +136,9 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
     for e in range(3):
         meta = store.episode_meta(e)
         assert meta["success"] is (e != 1) and meta["source"] == "teleop"
+        # each commit is logged with its index, steps and success
+        line = f"episode {e} committed: {meta['n_steps']} steps, success={e != 1}"
+        assert line in rec.log(), rec.log()
         assert meta["operator"] == "pytest"
         # Gaps are flagged honestly: on a loaded 2-core machine the software-rendered camera
         # can fall behind max_age, and so can object_state, which has no header and is stamped

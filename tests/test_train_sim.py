@@ -45,7 +45,7 @@ def test_collect_train_eval_on_lift(tmp_path, capsys):
     assert summary["steps"] == 24 and len(summary["evaluations"]) == 1  # evaluated at the end
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     run = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert "object_state" in run["policy_config"]["obs_keys"]  # inputs follow the store
+    assert "object_state" not in run["policy_config"]["obs_keys"]  # simulator-only: not by default
     eval_main(
         [
             "--checkpoint",

@@ -20,7 +20,8 @@ templates in info.json must stay inside the dataset and use only LeRobot's field
 
 Key mapping (LeRobot convention <-> handoff): ``observation.state`` is the concatenated
 proprioception; the writer names its dims ``<key>.<i>`` so the reader splits it back into
-handoff keys (a dataset from elsewhere becomes one ``state`` key). Privileged keys go to
+handoff keys (a dataset from elsewhere becomes one ``state`` key, whatever its names; its
+embodiment is inferred in lerobot_store.py when it is used as training data). Privileged keys go to
 ``observation.environment_state``, cameras to ``observation.images.<camera>``,
 ``reward``/``done`` to ``next.reward``/``next.done``.
 """
@@ -152,6 +153,9 @@ class LeRobotReader:
         self.attrs: dict[str, Any] = dict(extra.get("attrs") or {})
         if not extra:  # a dataset from elsewhere: keep its robot type
             self.attrs["lerobot_robot_type"] = self.info.get("robot_type")
+        # our writer names state dims <key>.<name>; elsewhere ("shoulder_pan.pos") a name's
+        # prefix is no key, and the state stays one array
+        self.split_state = bool(extra)
         self.key_shapes: dict[str, list[int]] = extra.get("key_shapes") or {}
         self.chunks_size = self.info.get("chunks_size") or 1000  # LeRobot's default
         self.tasks = self._load_tasks()
@@ -294,8 +298,8 @@ class LeRobotReader:
             elif name == TIMESTAMP_COLUMN:  # exact store timestamps from our writer
                 steps["timestamp"] = values.reshape(-1)
             elif name in (STATE, ENV_STATE):
-                runs = split_names(feature.get("names"), values.shape[-1])
-                if runs is None:
+                runs = self.split_state and split_names(feature.get("names"), values.shape[-1])
+                if not runs:
                     steps[name.removeprefix("observation.")] = values
                     continue
                 at = 0

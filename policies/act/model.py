@@ -21,7 +21,7 @@ from data.embodiment import Embodiment
 from policies.act.config import ACTConfig
 from policies.common.normalizer import Normalizer
 from policies.common.policy import ACTION_KEY, Policy
-from policies.common.vision import ResNet18GN, crop_images, images_to_float
+from policies.common.vision import ResNet18GN, prepare_images
 from policies.registry import register_policy
 
 
@@ -133,7 +133,7 @@ class ACTPolicy(Policy):
         if state is not None:
             tokens.append(self.state_in(state)[:, None] + self.token_pos[:, 1:])
         for k in self.camera_keys:
-            x = crop_images(images_to_float(norm[k][:, -1]), self.crops[k], random=self.training)
+            x = prepare_images(norm[k][:, -1], self.crops[k], random=self.training)
             fmap = self.image_in[k](self.backbones[k](x))  # (B, D, h, w)
             _, D, h, w = fmap.shape
             tokens.append(fmap.flatten(2).transpose(1, 2) + sine_2d(h, w, D, fmap.device))

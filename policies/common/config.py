@@ -87,6 +87,9 @@ class PolicyConfig(StrictConfig):
     lowdim_norm: str = "min_max"
     action_norm: str = "min_max"
     exclude_keys: list[str] = field(default_factory=list)
+    # Simulator-only keys (the spec's ``privileged``, e.g. object_state) are inputs only when
+    # this is set (``handoff-train --privileged``): by default a policy is deployable.
+    privileged: bool = False
 
     def __post_init__(self) -> None:
         self.check_limits()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from policies.common.vision import ResNet18GN, SpatialSoftmax, crop_images, images_to_float
+from policies.common.vision import ResNet18GN, SpatialSoftmax, prepare_images
 
 SPATIAL_KP = 32  # keypoints per camera, robomimic / Diffusion Policy default
 IMAGE_FEATURE_DIM = 64  # per-camera feature after the keypoint projection (lerobot: 64)
@@ -47,6 +47,6 @@ class ObsEncoder(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         feats = [obs[k] for k in self.lowdim_keys]
         for k in self.camera_keys:
-            x = crop_images(images_to_float(obs[k]), self.crops[k], random=self.training)
+            x = prepare_images(obs[k], self.crops[k], random=self.training)
             feats.append(self.keypoints[k](self.backbones[k](x)))
         return torch.cat(feats, -1)

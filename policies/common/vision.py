@@ -80,23 +80,33 @@ class SpatialSoftmax(nn.Module):
 
 
 def crop_images(x: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, h, w): a random window per image in training, centred otherwise."""
-    N, _, H, W = x.shape
+    """(N, H, W, C) -> (N, h, w, C): a random window per image in training, centred otherwise.
+
+    Works on the stored layout (uint8, channels last), where a crop moves a quarter of the
+    bytes it would move after conversion to float.
+    """
+    N, H, W, _ = x.shape
     h, w = size
     if (h, w) == (H, W):
         return x
     if not random:
         top, left = (H - h) // 2, (W - w) // 2
-        return x[:, :, top : top + h, left : left + w]
+        return x[:, top : top + h, left : left + w]
     tops = torch.randint(0, H - h + 1, (N,), device=x.device)
     lefts = torch.randint(0, W - w + 1, (N,), device=x.device)
     rows = tops[:, None] + torch.arange(h, device=x.device)  # (N, h)
     cols = lefts[:, None] + torch.arange(w, device=x.device)  # (N, w)
     idx_n = torch.arange(N, device=x.device)[:, None, None]
-    out = x.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (N, h, w, C)
-    return out.permute(0, 3, 1, 2)
+    return x[idx_n, rows[:, :, None], cols[:, None, :]]
 
 
-def images_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+def prepare_images(x: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, h, w) in [-1, 1], cropped (see ``crop_images``).
+
+    The result is contiguous NCHW. A plain ``permute`` leaves it channels-last in memory, and
+    PyTorch's CPU convolutions then run on that layout, measured ~2.3x slower for the ResNet
+    stem at 84x84 on one thread (29 ms against 12.7 ms, two frames); ``bench_policies``
+    times it against a contiguous input every run.
+    """
+    x = crop_images(x, size, random).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.contiguous_format).float().div_(127.5).sub_(1.0)

@@ -4,9 +4,14 @@
 
 Latency: p50/p99 of ``predict_action_chunk`` and of ``select_action`` (which predicts once
 every Ta steps, or every step with temporal ensembling) for diffusion (100 DDPM, 16 and 10
-DDIM steps) and ACT, state and image (one 84x84 camera) variants, at the CPU recipes' sizes.
+DDIM steps) and ACT, state and camera (agentview + wrist at 84x84) variants, at the CPU
+recipes' sizes (``<policy>_cpu.yaml`` for state, ``<policy>_cpu_camera.yaml`` for cameras).
 Baselines measured in the same run: one denoiser evaluation (what each sampler step costs),
 and the control period the policy must fit into.
+
+Image layout: the camera encoder fed uint8 frames as a policy feeds it, against the same
+network fed a ready contiguous NCHW float tensor (target <= 1.1x), at the camera recipes'
+width and at the standard ResNet-18 width.
 
 Training: samples/s of the real trainer on a synthetic store, and the fraction of step time
 spent waiting for data (target < 10%), against the raw dataset read rate.
@@ -38,10 +43,11 @@ from policies.trainer import TrainConfig, Trainer  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "policies" / "recipes"
 STATE_KEYS = ["eef_pos", "eef_quat", "gripper_pos", "joint_pos", "joint_vel"]
+CAMERAS = ["agentview", "wrist"]
 
 
 def make_store(path: Path, image: bool, episodes: int = 20, T: int = 40) -> DemoStore:
-    spec = load_embodiment("sim_panda").with_cameras(["agentview"] if image else [], None)
+    spec = load_embodiment("sim_panda").with_cameras(CAMERAS if image else [], None)
     store = DemoStore.create(path, spec, force=True)
     rng = np.random.default_rng(0)
     for e in range(episodes):
@@ -49,14 +55,15 @@ def make_store(path: Path, image: bool, episodes: int = 20, T: int = 40) -> Demo
             k: rng.standard_normal((T, *spec.observation[k])).astype(np.float32) for k in STATE_KEYS
         }
         ep["action"] = rng.standard_normal((T, spec.action_dim)).astype(np.float32)
-        if image:
-            ep["agentview"] = rng.integers(0, 255, (T, 84, 84, 3), dtype=np.uint8)
+        for cam in CAMERAS if image else []:
+            ep[cam] = rng.integers(0, 255, (T, 84, 84, 3), dtype=np.uint8)
         store.append_episode(ep, task="lift", source="scripted", success=True, seed=e)
     return store
 
 
 def build(name: str, store: DemoStore, **overrides):
-    recipe = yaml.safe_load((RECIPES / f"{name}_cpu.yaml").read_text())
+    variant = "cpu_camera" if store.image_keys else "cpu"
+    recipe = yaml.safe_load((RECIPES / f"{name}_{variant}.yaml").read_text())
     config = make_config(name, {**recipe["policy"], **overrides})
     config = resolve_inputs(store, config, store.embodiment)
     normalizer = build_normalizer(store, config, store.embodiment, None)
@@ -94,11 +101,20 @@ def latency(policy, store: DemoStore, n_chunk: int, n_steps: int) -> dict:
         ),
         n_steps,
     )
-    return {"predict_action_chunk_ms": percentiles(chunk), "select_action_ms": percentiles(select)}
+    # the node infers a chunk on its own thread and executes it over the next steps: per control
+    # step that costs chunk / (steps a chunk serves); with temporal ensembling, a chunk a step
+    per_chunk = 1 if getattr(c, "temporal_ensemble_coeff", None) is not None else c.n_action_steps
+    return {
+        "predict_action_chunk_ms": percentiles(chunk),
+        "select_action_ms": percentiles(select),
+        "per_step_amortised_ms": percentiles([t / per_chunk for t in chunk]),
+    }
 
 
-def train_throughput(name: str, store: DemoStore, steps: int, workers: int) -> dict:
+def train_throughput(name: str, store: DemoStore, steps: int, workers: int | None) -> dict:
+    """The real trainer's samples/s and data-wait share (``workers`` None: the recipe's)."""
     policy, recipe = build(name, store)
+    workers = recipe["train"].get("num_workers", 0) if workers is None else workers
     data_only = SequenceDataset(
         store.path,
         policy.input_keys,
@@ -135,6 +151,32 @@ def train_throughput(name: str, store: DemoStore, steps: int, workers: int) -> d
     }
 
 
+def image_layout(width: int, reps: int) -> dict:
+    """The camera encoder on uint8 frames (as policies call it) against the same network on a
+    contiguous NCHW float tensor: the cost of the input's memory layout, if any."""
+    from policies.common.encoder import ObsEncoder
+
+    enc = ObsEncoder({}, {"agentview": (84, 84, 3)}, 0.9, width).eval()
+    frames = torch.randint(0, 256, (2, 84, 84, 3), dtype=torch.uint8)  # To = 2 frames
+    h, w = enc.crops["agentview"]
+    nchw = torch.rand(2, 3, h, w) * 2 - 1  # contiguous by construction
+    net = torch.nn.Sequential(enc.backbones["agentview"], enc.keypoints["agentview"])
+    policy_path, baseline = [], []
+    with torch.no_grad():
+        for _ in range(3):
+            enc({"agentview": frames}), net(nchw)  # warm-up
+        for _ in range(reps):  # interleaved: the machine's load hits both alike
+            policy_path += timed(lambda: enc({"agentview": frames}), 1)
+            baseline += timed(lambda: net(nchw), 1)
+    ratio = np.percentile(policy_path, 50) / np.percentile(baseline, 50)
+    return {
+        "vision_width": width,
+        "encoder_ms": percentiles(policy_path),
+        "contiguous_nchw_ms": percentiles(baseline),
+        "ratio_p50": round(float(ratio), 3),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -146,6 +188,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stores = {v: make_store(Path(tmp) / f"{v}.zarr", v == "image") for v in ("state", "image")}
         out["control_period_ms"] = 1000 / stores["state"].embodiment.control_hz
+        for width in (16, 64):
+            out[f"image_layout_width{width}"] = image_layout(width, reps)
         for variant, store in stores.items():
             dp, _ = build("diffusion", store)
             cond = dp._condition(
@@ -167,7 +211,7 @@ def main() -> None:
         steps = 5 if args.quick else 40
         for name in ("diffusion", "act"):
             out[f"train_{name}_state"] = train_throughput(name, stores["state"], steps, 0)
-            out[f"train_{name}_image"] = train_throughput(name, stores["image"], steps // 2, 2)
+            out[f"train_{name}_image"] = train_throughput(name, stores["image"], steps // 2, None)
     print(json.dumps(out))
 
 

@@ -1,6 +1,7 @@
 """ROS 2 timing and recorder headroom over real DDS on loopback; prints ONE JSON line.
 
     .venv/bin/python tests/benchmarks/bench_ros.py [--seconds 60] [--period-seconds 10] [--quick]
+        [--profiles host,udp] [--rounds 1]
 
 1. Control-loop period error at 10 and 50 Hz: the policy node (a tiny ACT checkpoint trained
    here; pipelined, the default, and at 50 Hz also pipelined:=false) commanding a fake arm
@@ -12,7 +13,11 @@
 3. Recorder headroom: three camera nodes streaming 640x480 rgb8 at 30 fps from a video file
    plus /joint_states at 100 Hz into the recorder for ``--seconds``: frames the cameras
    published vs frames the recorder received (dropped), recorded steps vs expected, gap steps,
-   the recorder's CPU share (1.0 = one core), and whether the store validates.
+   the recorder's CPU share (1.0 = one core), and whether the store validates. Once per Fast
+   DDS profile of ``--profiles`` (handoff_ros.rosutil.DDS_PROFILES: ``host``, the default one,
+   against the UDP-only ``udp``), interleaved ``--rounds`` times (host, udp, host, udp, ...),
+   so both face the same machine; ``recorder`` is the first profile, ``recorder_<name>`` the
+   others, each summed over its rounds (``rounds`` lists each).
    ``--transport compressed`` records the cameras' JPEG topics instead (decoded by the writer).
 
 Targets on a 2-core machine: p99 period error <= 2 ms at 50 Hz; zero dropped frames.
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -42,6 +48,7 @@ from std_srvs.srv import Trigger
 from data.embodiment import load_embodiment
 from data.store import DemoStore
 from data.validate import validate_store
+from handoff_ros.rosutil import DDS_PROFILES
 from handoff_ros.testing import (
     SIM_HOME,
     NodeProcess,
@@ -164,7 +171,25 @@ def counter_series(arrays: list) -> dict[tuple[str, str], tuple[np.ndarray, np.n
     return {k: tuple(np.array(sorted(v)).T) for k, v in series.items()}
 
 
-def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) -> dict:
+@contextlib.contextmanager
+def dds_profile(name: str) -> Iterator[None]:
+    """Node processes started inside get the shipped profile ``name`` (this process keeps the
+    one it loaded first: Fast DDS reads its profile once; the probe carries no frames)."""
+    key = "FASTDDS_DEFAULT_PROFILES_FILE"
+    saved = os.environ.get(key)
+    os.environ[key] = str(DDS_PROFILES[name])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = saved
+
+
+def recorder_headroom(
+    root: Path, seconds: float, logs: Path, transport: str, profile: str = "host"
+) -> dict:
     n_cams, width, height, fps = 3, 640, 480, 30.0
     clip = root / "clip.avi"
     out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
@@ -194,35 +219,36 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
     spec_path = root / "bench_arm.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     dom = fresh_domain_id()
-    cams = [
-        NodeProcess(
-            "camera",
-            dom,
-            {
-                "source": str(clip),
-                "width": width,
-                "height": height,
-                "fps": fps,
-                "publish_compressed": transport == "compressed",
-            },  # fmt: skip
-            logs,
-            remap={"__ns": f"/cam{i}"},
-        )
-        for i in range(n_cams)
-    ]
-    store_path = root / "bench.zarr"
-    rec_params = {
-        "store": str(store_path),
-        "embodiment": str(spec_path),
-        "task": "bench",
-        "sim_task": False,
-        "source": "teleop",
-        "gripper_joints": "",
-        "image_transport": transport,
-        "max_age_s": 0.1,
-        "lag_s": 0.2,
-    }
-    rec = NodeProcess("recorder", dom, rec_params, logs)
+    with dds_profile(profile):
+        cams = [
+            NodeProcess(
+                "camera",
+                dom,
+                {
+                    "source": str(clip),
+                    "width": width,
+                    "height": height,
+                    "fps": fps,
+                    "publish_compressed": transport == "compressed",
+                },  # fmt: skip
+                logs,
+                remap={"__ns": f"/cam{i}"},
+            )
+            for i in range(n_cams)
+        ]
+        store_path = root / f"bench-{profile}-{dom}.zarr"
+        rec_params = {
+            "store": str(store_path),
+            "embodiment": str(spec_path),
+            "task": "bench",
+            "sim_task": False,
+            "source": "teleop",
+            "gripper_joints": "",
+            "image_transport": transport,
+            "max_age_s": 0.1,
+            "lag_s": 0.2,
+        }
+        rec = NodeProcess("recorder", dom, rec_params, logs)
     with nodes(*cams, rec), Probe(dom) as probe:
         publish_joint_states(probe, spec["joint_names"])
         probe.subscribe(DiagnosticArray, "/diagnostics")
@@ -235,7 +261,11 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
             v = probe.diagnostic_values("/recorder")
             return sum(int(v.get(f"cam{i}.received", -1)) for i in range(n_cams))
 
-        ready = probe.spin_until(lambda: camera_published() > 90 and recorder_received() > 90, 120)
+        def every_camera_heard() -> bool:  # the UDP baseline may lose most frames: one each
+            v = probe.diagnostic_values("/recorder")
+            return all(int(v.get(f"cam{i}.received", 0)) > 0 for i in range(n_cams))
+
+        ready = probe.spin_until(lambda: camera_published() > 90 and every_camera_heard(), 120)
         if not ready:
             raise RuntimeError(
                 f"cameras/recorder did not come up: published {camera_published()}, recorded "
@@ -276,6 +306,7 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
     meta = store.episode_meta(0)
     problems = validate_store(store, progress=False)
     return {
+        "dds_profile": profile,
         "cameras": f"{n_cams}x{width}x{height}@{fps:g}",
         "transport": transport,
         "joint_states_hz": 100,
@@ -298,6 +329,21 @@ def recorder_headroom(root: Path, seconds: float, logs: Path, transport: str) ->
     }
 
 
+def summed(rounds: list[dict]) -> dict:
+    """One profile's figures over its rounds: frame counts summed, each round kept."""
+    total = dict(rounds[0])
+    for key in ("frames_published", "frames_received", "dropped_frames"):
+        total[key] = sum(r[key] for r in rounds)
+    total["dropped_share"] = round(total["dropped_frames"] / max(1, total["frames_published"]), 4)
+    total["store_valid"] = all(r["store_valid"] for r in rounds)
+    if len(rounds) > 1:
+        total["rounds"] = [
+            {k: r[k] for k in ("frames_published", "frames_received", "dropped_frames")}
+            for r in rounds
+        ]
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="recorder part duration")
@@ -306,7 +352,18 @@ def main() -> None:
     ap.add_argument(
         "--transport", choices=["raw", "compressed"], default="raw", help="recorder images"
     )
+    ap.add_argument(
+        "--profiles",
+        default="host,udp",
+        help=f"Fast DDS profiles the recorder part compares, first = the reported one "
+        f"(of {', '.join(DDS_PROFILES)})",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="recorder runs per profile, interleaved")
     args = ap.parse_args()
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    unknown = set(profiles) - set(DDS_PROFILES)
+    if unknown or not profiles or args.rounds < 1:
+        ap.error(f"--profiles: names of {sorted(DDS_PROFILES)}; --rounds >= 1 (got {unknown})")
     if args.quick:
         args.seconds, args.period_seconds = 10.0, 3.0
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -332,7 +389,14 @@ def main() -> None:
         result["control_50hz_wait"] = control_loop(
             checkpoint, 50.0, args.period_seconds, logs, pipelined=False
         )
-        result["recorder"] = recorder_headroom(root, args.seconds, logs, args.transport)
+        runs: dict[str, list[dict]] = {p: [] for p in profiles}
+        for _ in range(args.rounds):
+            for profile in profiles:
+                figures = recorder_headroom(root, args.seconds, logs, args.transport, profile)
+                runs[profile].append(figures)
+                print(json.dumps(figures), file=sys.stderr, flush=True)  # a round's figures
+        for i, profile in enumerate(profiles):
+            result["recorder" if i == 0 else f"recorder_{profile}"] = summed(runs[profile])
         result["cpu_steal_share"] = steal_share(start)  # time other machines took from this one
     print(json.dumps(result))
 

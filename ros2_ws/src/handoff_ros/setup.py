@@ -17,7 +17,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
-    package_data={PACKAGE: ["fastdds.xml"]},  # the Fast DDS transport profile every node loads
+    # the Fast DDS transport profiles the nodes load (host, lan, udp: rosutil.dds_profile)
+    package_data={PACKAGE: ["fastdds.xml", "fastdds_lan.xml", "fastdds_udp.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -5,6 +5,12 @@ file (what ``ros2 launch handoff_ros policy.launch.py robot:=sim`` starts), then
 episode calls ``/sim_arm/reset`` and ``/policy/reset`` and watches ``/sim_arm/success`` until
 the task succeeds or the time limit passes. Every message crosses real DDS on loopback.
 
+Seeds: the sim arm starts on scene ``--seed`` (the warm-up, not scored) and each reset takes
+the next, so episode k (1..N) runs scene ``seed + k``; the report lists them. The nodes join
+the caller's ``ROS_DOMAIN_ID`` (so ``ros2 topic echo`` in another terminal sees them); unset,
+one in 1-101 derived from the process id. The sim arm renders with EGL on a GPU machine and
+OSMesa otherwise (sim/_gl.py; ``MUJOCO_GL`` overrides).
+
     python -m handoff_ros.closed_loop --checkpoint runs/demo --episodes 5
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +44,20 @@ def sim_params_file() -> Path:
     return Path(get_package_share_directory("handoff_ros")) / "config" / "sim_panda.yaml"
 
 
+def domain_id() -> int:
+    """The caller's ``ROS_DOMAIN_ID``; unset or empty, one in 1-101, derived from the process id
+    (the range ROS calls safe on every OS). UserError for anything but an integer 0-232 (Fast
+    DDS derives its UDP ports from it and has none beyond 232)."""
+    from handoff_ros.testing import fresh_domain_id
+
+    value = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if not value:
+        return fresh_domain_id()
+    if not value.isdigit() or not 0 <= int(value) <= 232:
+        raise UserError(f"ROS_DOMAIN_ID={value!r} is not a domain id (an integer 0-232)")
+    return int(value)
+
+
 def run_closed_loop(
     checkpoint: str | Path,
     task: str = "lift",
@@ -46,18 +67,21 @@ def run_closed_loop(
     log_dir: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Returns {episodes, successes, success_rate, per_episode, inference_ms p50/p99, ...}."""
+    """Returns {episodes, successes, success_rate, per_episode, inference_ms p50/p99, ...}.
+    Episode k (1..``episodes``) runs scene ``seed + k``; nodes join :func:`domain_id`."""
     from std_msgs.msg import Bool, Float64
     from std_srvs.srv import Trigger
 
     import policies
-    from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes
+    from handoff_ros.testing import NodeProcess, Probe, nodes
+    from sim._gl import configure_gl
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
     cameras = [k for k in policy.input_keys if k in policy.embodiment.camera_names]
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="handoff-ros-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    dom = fresh_domain_id()
+    dom = domain_id()
+    configure_gl()  # the node processes inherit it: EGL on a GPU machine, else OSMesa
     params = ["--params-file", str(sim_params_file())]
     arm_overrides: dict[str, Any] = {"task": task, "seed": seed, "cameras": ",".join(cameras)}
     if cameras:
@@ -102,6 +126,7 @@ def run_closed_loop(
     successes = sum(r["success"] for r in results)
     return {
         "task": task,
+        "ros_domain_id": dom,
         "episodes": episodes,
         "successes": successes,
         "success_rate": successes / max(1, episodes),
@@ -120,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("--task", default="lift", help="sim task (lift)")
     p.add_argument("--episodes", type=int, default=5, help="episodes (5)")
-    p.add_argument("--seed", type=int, default=1000, help="first scene seed (1000)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1000,
+        help="scene seed (1000): the sim arm warms up on SEED and episode k = 1..N runs "
+        "SEED+k (each /sim_arm/reset takes the next); the nodes join $ROS_DOMAIN_ID "
+        "(unset: one in 1-101)",
+    )
     p.add_argument(
         "--episode-seconds",
         type=float,

@@ -3,8 +3,10 @@
 1. collect scripted `lift` demonstrations into a zarr store        (handoff-collect)
 2. train a policy on them                                          (handoff-train)
 3. evaluate it in simulation with parallel workers                 (handoff-eval)
-4. run the checkpoint closed-loop over ROS 2: sim_arm + policy nodes as separate processes
-   with the package's parameter file (what policy.launch.py robot:=sim starts)
+4. run the checkpoint closed-loop over ROS 2: ``ros2 launch handoff_ros policy.launch.py
+   robot:=sim`` where launch is available (a sourced ROS 2, or ../shared/ros2-launch built
+   once into the venv: see handoff_ros.ros2_launch); elsewhere the same two nodes, sim_arm and
+   policy, started one by one with the package's parameter file
 5. print a summary table and where the report, plots and video are
 
 Each stage reuses what an earlier run built (a store with enough episodes, a finished
@@ -14,7 +16,7 @@ in --out is deleted up front, so an interrupted --fresh run keeps the last compl
 an --out that holds other things keeps them. --quick shrinks every stage for a smoke test of
 the loop (the policy it trains is not expected to succeed).
 
-    python -m handoff_ros.demo [--policy act|diffusion] [--out demo] [--fresh] [--quick]
+    python -m handoff_ros.demo [--policy act|diffusion] [--cameras] [--out demo] [--fresh] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data.errors import UserError, cli_main
@@ -75,9 +77,87 @@ def store_episodes(path: Path) -> int:
         return 0
 
 
-def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> dict:
+def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int = 1000) -> dict:
+    """Stage 4 over ``ros2 launch handoff_ros policy.launch.py robot:=sim``; the report has
+    run_closed_loop's keys. LaunchUnavailableError when this machine has no ros2 launch."""
+    import numpy as np
+    import yaml
+    from std_msgs.msg import Bool, Float64
+    from std_srvs.srv import Trigger
+
+    import policies
+    from handoff_ros.closed_loop import EPISODE_SECONDS, sim_params_file
+    from handoff_ros.ros2_launch import LaunchProcess, launch_env
+    from handoff_ros.rosutil import use_dds_profile
+    from handoff_ros.testing import Probe, fresh_domain_id
+
+    print("finding ros2 launch (the first time, builds ../shared/ros2-launch: ~1 min)", flush=True)
+    env = launch_env()
+    loaded = policies.load(run_dir)  # fail here, in one line, before anything starts
+    cameras = [k for k in loaded.input_keys if k in loaded.embodiment.camera_names]
+    # the package's parameter file; the arm renders only the cameras this policy reads
+    params = yaml.safe_load(sim_params_file().read_text())
+    arm = {"task": "lift", "seed": seed, "cameras": ",".join(cameras)}
+    if cameras:
+        cam = loaded.embodiment.camera(cameras[0])
+        arm |= {"image_height": cam.height, "image_width": cam.width}
+    params["sim_arm"]["ros__parameters"] |= arm
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    dom = int(os.environ.get("ROS_DOMAIN_ID") or fresh_domain_id())  # the caller's, if set
+    env = use_dds_profile({**env, "ROS_DOMAIN_ID": str(dom)})
+    args = {"robot": "sim", "checkpoint": str(run_dir), "params_file": str(log_dir / "params.yaml")}
+    launch = LaunchProcess("policy.launch.py", args, env, log_dir)
+    print(f"$ {launch.command}  (log: {launch.log_path})", flush=True)
+    results = []
+    with launch, Probe(dom, "demo") as probe:
+        probe.subscribe(Bool, "/sim_arm/success")
+        probe.subscribe(Float64, "/policy/inference_ms")
+        up = lambda: len(probe.msgs["/policy/inference_ms"]) > 3 or not launch.alive()  # noqa: E731
+        if not probe.spin_until(up, 120) or not launch.alive():
+            raise UserError(f"the policy sent no commands; log: {launch.log_path}")
+        for ep in range(episodes):
+            probe.call(Trigger, "/sim_arm/reset", Trigger.Request())
+            probe.call(Trigger, "/policy/reset", Trigger.Request())
+            start = time.time()
+            won = probe.spin_until(
+                lambda s=start: any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > s),
+                EPISODE_SECONDS,
+            )
+            results.append(
+                {"seed": seed + ep + 1, "success": won, "seconds": round(time.time() - start, 2)}
+            )
+            print(f"  ROS episode {ep + 1}/{episodes}: {'success' if won else 'no success'}")
+            if launch.died():
+                raise UserError(f"{launch.died()[0]}; log: {launch.log_path}")
+        latency = np.array([m.data for _, m in probe.msgs["/policy/inference_ms"]])
+    successes = sum(r["success"] for r in results)
+    return {
+        "task": "lift",
+        "episodes": episodes,
+        "successes": successes,
+        "success_rate": successes / episodes,
+        "per_episode": results,
+        "inference_ms": {
+            q: float(np.percentile(latency, v)) for q, v in (("p50", 50), ("p99", 99))
+        },
+        "logs": [str(launch.log_path)],
+        "started_by": launch.command,
+    }
+
+
+# --cameras: the deployable loop (agentview + wrist at 84x84, no simulator-only state). 200
+# demos render in ~4 minutes on two cores; the CPU camera recipe trains ~30 minutes.
+CAMERAS = "agentview,wrist"
+CAMERA_FULL = replace(FULL, demos=200, train_minutes=0.0)  # 0: the recipe's own budget
+
+
+def demo(
+    policy: str, out: Path, size: DemoSize, fresh: bool, workers: int, cameras: bool = False
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    store, run_dir = out / "lift.zarr", out / f"{policy}"
+    suffix = "_cameras" if cameras else ""
+    store, run_dir = out / f"lift{suffix}.zarr", out / f"{policy}{suffix}"
     eval_dir = run_dir / "eval"
     t_start = time.time()
     timings = {}
@@ -90,6 +170,8 @@ def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> d
     else:
         cmd = [str(BIN / "handoff-collect"), "--task", "lift", "--episodes", str(size.demos - have)]
         cmd += ["--out", str(store), "--workers", str(workers), "--seed", str(have)]
+        if cameras:
+            cmd += ["--cameras", CAMERAS, "--image-size", "84"]
         run(cmd + (["--force"] if fresh else []))  # --force: a new store, swapped in when done
     timings["collect_s"] = time.time() - t0
 
@@ -114,6 +196,8 @@ def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> d
             "cpu",
             "--force",
         ]
+        if not cameras:
+            cmd.append("--privileged")  # the state policy reads the cube's pose: sim only
         if size.train_minutes:
             cmd += ["--set", f"train.max_minutes={size.train_minutes}"]
         if size.train_steps:
@@ -153,8 +237,13 @@ def demo(policy: str, out: Path, size: DemoSize, fresh: bool, workers: int) -> d
     stage(4, f"run the checkpoint closed-loop over ROS 2 ({size.ros_episodes} episodes)")
     t0 = time.time()
     from handoff_ros.closed_loop import run_closed_loop
+    from handoff_ros.ros2_launch import LaunchUnavailableError
 
-    ros = run_closed_loop(run_dir, "lift", size.ros_episodes, log_dir=out / "ros_logs")
+    try:
+        ros = launched_closed_loop(run_dir, size.ros_episodes, log_dir=out / "ros_logs")
+    except LaunchUnavailableError as e:
+        print(f"no ros2 launch here ({e}); starting sim_arm and policy one by one")
+        ros = run_closed_loop(run_dir, "lift", size.ros_episodes, log_dir=out / "ros_logs")
     (out / "ros_report.json").write_text(json.dumps(ros, indent=2))
     timings["ros_s"] = time.time() - t0
 
@@ -201,8 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="rebuild everything from scratch")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the loop")
     p.add_argument("--workers", type=int, default=2, help="parallel sim workers (2)")
+    p.add_argument(
+        "--cameras",
+        action="store_true",
+        help="the deployable loop: demos with agentview + wrist cameras, a policy on cameras "
+        "and the arm's own state only (the CPU camera recipe, ~30 min of training) instead of "
+        "the simulation-only state policy",
+    )
     args = p.parse_args(argv)
-    demo(args.policy, Path(args.out), QUICK if args.quick else FULL, args.fresh, args.workers)
+    size = QUICK if args.quick else CAMERA_FULL if args.cameras else FULL
+    demo(args.policy, Path(args.out), size, args.fresh, args.workers, args.cameras)
     return 0
 
 

@@ -9,6 +9,10 @@ passes :class:`handoff_ros.safety.SafetyFilter` before it is published, and a sl
 prediction shows up as held ticks (counted on /diagnostics), never as a stalled loop. Chunk
 execution -- action queue or temporal ensembling -- is the policy's own ``select_action``.
 
+A managed (lifecycle) node: configure loads and checks the checkpoint, activate starts
+commanding, deactivate holds (``~/enable`` true/false activates/deactivates it for operators);
+policy.launch.py drives the transitions, a node started by hand configures itself.
+
 Before the first command the node checks the checkpoint against the live arm: every joint it
 was trained on must be in ``/joint_states``, every camera it consumes must publish frames of
 its aspect ratio, and a policy using privileged sim state refuses to run with ``robot:=real``.
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -54,6 +58,7 @@ from handoff_ros.rosutil import (
     Diagnostics,
     declare_params,
     now_sec,
+    on_dynamic_params,
     param,
     run_node,
 )
@@ -77,6 +82,11 @@ class PolicyParams:
         0.6, "pipelined false: fraction of a period the tick waits for inference, then holds"
     )
     device: str = param("cpu", "torch device for inference (cpu, cuda)")
+    autostart: bool = param(
+        True,
+        "configure at start, and on robot:=sim activate too (no lifecycle manager needed); "
+        "the launch files set it false and drive the lifecycle transitions themselves",
+    )
     torch_threads: int = param(1, "torch intra-op threads; 1 keeps a core free for DDS")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
     gripper_joints: str = param(
@@ -97,8 +107,17 @@ class PolicyParams:
     engaged_topic: str = param(
         "/teleop/engaged", "teleop engaged flag: the policy yields the arm while a human drives"
     )
-    max_step_delta: float = param(0.05, "safety: max joint target change per tick, rad")
-    velocity_scale: float = param(0.5, "safety: fraction of the spec's velocity limits")
+    max_step_delta: float = param(
+        0.05,
+        "safety: max joint target change per tick, rad; settable while running within "
+        "(0, max velocity_limit * spec period]",
+        dynamic=True,
+    )
+    velocity_scale: float = param(
+        0.5,
+        "safety: fraction of the spec's velocity limits; settable while running in (0, 1]",
+        dynamic=True,
+    )
     limit_margin: float = param(0.0, "safety: shrink the spec's position limits by this, rad")
     stale_after_s: float = param(
         0.25,
@@ -135,10 +154,76 @@ class PolicyParams:
         }
 
 
-class PolicyNode(Node):
+class PolicyNode(LifecycleNode):
+    """A managed node. configure: load the checkpoint, check it against ``robot`` and create
+    the topics, services and the control timer; activate: open the enable gate (commands
+    flow); deactivate: close it (nothing is sent: the controller holds its last target).
+    ``~/enable`` true/false is the operators' way to activate/deactivate. cleanup is refused:
+    restart the node to load another checkpoint. With ``autostart`` the node configures itself
+    (and activates on robot:=sim); the launch files drive the transitions instead."""
+
     def __init__(self) -> None:
         super().__init__("policy")
-        p = self.p = declare_params(self, PolicyParams)
+        self.p = declare_params(self, PolicyParams)
+        self.configured = False
+        on_dynamic_params(self, PolicyParams, self._retune)  # ros2 param set, bounded
+        self.configure_error = ""
+        if self.p.autostart:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise UserError(self.configure_error)
+            if self.p.robot == "sim":
+                self.trigger_activate()
+
+    # ---- lifecycle transitions -------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as e:  # rclpy would turn it into a silent ERROR transition
+            self.configure_error = str(e) if isinstance(e, UserError) else repr(e)
+            if not self.p.autostart:  # with autostart, main() prints it as one error: line
+                self.get_logger().error(f"configure failed: {self.configure_error}")
+            return TransitionCallbackReturn.FAILURE
+        self.configured = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ok, message = self.safety.set_enabled(True)
+        if not ok:
+            self.get_logger().error(f"activate refused: {message}")
+            return TransitionCallbackReturn.FAILURE
+        if self.pending is not None:  # inferred before the pause: never sent
+            self.pending.result()
+            self.pending = None
+        self.policy.reset()  # a fresh start: no history from before the pause
+        self.get_logger().info("active: commanding the arm")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.safety.set_enabled(False)
+        self.get_logger().info("inactive: holding (no commands sent)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error("cleanup refused: restart the node to load another checkpoint")
+        return TransitionCallbackReturn.FAILURE
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.configured:
+            self.safety.set_enabled(False)
+        return TransitionCallbackReturn.SUCCESS
+
+    def lifecycle_state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    def _retune(self, changes: dict[str, Any]) -> None:
+        """Safety parameters set while running (SafetyFilter.retune: bounded, all or none)."""
+        if not self.configured:
+            raise ValueError("the node is not configured yet: set it in the parameter file")
+        self.safety.retune(changes)
+
+    def _configure(self) -> None:
+        p = self.p
         import torch
 
         from policies import load
@@ -154,8 +239,9 @@ class PolicyNode(Node):
         privileged = sorted(set(self.policy.input_keys) & set(spec.privileged))
         if privileged and p.robot == "real":
             raise UserError(
-                f"checkpoint {p.checkpoint} uses privileged sim state {privileged}; "
-                f"it cannot run on a real arm (train without them)"
+                f"checkpoint {p.checkpoint} reads simulator-only state {privileged} (it was "
+                f"trained with handoff-train --privileged); a real arm has no such signal: "
+                f"retrain without --privileged, on cameras and the arm's own state"
             )
         self.dt = 1.0 / (p.control_hz or spec.control_hz)
         self.safety = SafetyFilter(spec, SafetyConfig(**p.safety_kwargs()))
@@ -196,11 +282,11 @@ class PolicyNode(Node):
         self.ticks = self.sent = self.overruns = self.yielded = 0
         self.inference_ms: list[float] = []
         self.sent_at: list[float] = []  # monotonic send times of the last commands
+        self.safety.set_enabled(False)  # the gate opens on activate
         self.timer = self.create_timer(self.dt, self.tick)
         self.get_logger().info(
             f"{type(self.policy).__name__} for {spec.name} consumes {self.policy.input_keys}; "
-            f"{p.controller} at {1 / self.dt:g} Hz, "
-            f"{'enabled (sim)' if self.safety.enabled else 'disabled until ~/enable'}"
+            f"{p.controller} at {1 / self.dt:g} Hz; inactive until activated (or ~/enable)"
         )
 
     # ---- checks ----------------------------------------------------------------------------
@@ -339,14 +425,20 @@ class PolicyNode(Node):
             self.safety.estop(f"{self.p.estop_topic} pressed")
 
     def srv_enable(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
-        was = self.safety.enabled
-        res.success, res.message = self.safety.set_enabled(req.data)
-        if res.success and req.data and not was:
-            self.policy.reset()  # a fresh start: no history from before the pause
+        """The operators' gate: true activates the node, false deactivates it."""
+        if req.data and self.safety.estopped:
+            res.success, res.message = self.safety.set_enabled(True)  # refused: says why
+            return res
+        if req.data != (self.lifecycle_state() == "active"):
+            self.trigger_activate() if req.data else self.trigger_deactivate()
+        res.success = self.lifecycle_state() == ("active" if req.data else "inactive")
+        res.message = ("enabled" if req.data else "disabled") if res.success else "refused"
         return res
 
     def srv_clear_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         self.safety.clear_estop()
+        if not self.safety.enabled and self.lifecycle_state() == "active":
+            self.trigger_deactivate()  # a real arm: the gate closed; ~/enable activates again
         res.success = True
         res.message = "e-stop cleared" + (
             "; call ~/enable to resume" if self.safety.config.require_enable else ""
@@ -400,7 +492,8 @@ class PolicyNode(Node):
         }
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.configured:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,11 +11,13 @@ an episode that ends without a step says why (``stop``'s answer), never that it 
 Writing happens on a background thread through ``DemoStore.episode_writer()``: callbacks only
 append to bounded deques and a queue, so they never wait on compression or disk. The writer
 streams steps to the arrays as they come, so a killed recorder loses only the unfinished
-episode (the store truncates it on the next open).
+episode (the store truncates it on the next open). Once written, each committed episode is
+logged with its index, steps and success, and each discarded one with its steps and reason.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
@@ -123,7 +125,8 @@ class EpisodeRecorder:
     thread. ``optional`` gives values for streams that are silent (never spoke, or stale)
     without counting a gap: a dict, or a function of the step assembled so far (streams are
     visited in order), e.g. the operator's engaged flag when no teleop node runs, or "hold the
-    measured position" before the first command.
+    measured position" before the first command. ``logger`` (``info``/``warning``/``error``,
+    e.g. a ROS node's logger; default: the ``logging`` module's) hears every outcome.
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class EpisodeRecorder:
         meta: dict[str, Any],
         optional: dict[str, Default] | None = None,
         max_queue: int = 200,
+        logger: Any = None,
     ) -> None:
         self.store = store
+        self.log = logger or logging.getLogger("handoff.recording")
         self.streams = streams
         self.image_shapes = image_shapes
         self.meta = meta
@@ -221,8 +226,9 @@ class EpisodeRecorder:
             else ""
         )
         if self.steps == 0:
-            self._put(("discard", None))
-            return False, f"no step recorded, nothing stored: {self._why_empty()}"
+            why = self._why_empty()
+            self._put(("discard", (0, f"no step recorded: {why}")))
+            return False, f"no step recorded, nothing stored: {why}"
         gaps = {k: v for k, v in self._gaps.items() if v}
         meta = {
             **self._episode_meta,
@@ -243,14 +249,14 @@ class EpisodeRecorder:
             return f"no usable message from {sorted(self._silent)} (see /diagnostics)"
         return "no tick fell between the start and the stop"
 
-    def discard(self) -> tuple[bool, str]:
+    def discard(self, reason: str = "~/discard called") -> tuple[bool, str]:
         with self._lock:
             self._start_at = None
             if not self.recording:
                 return False, "not recording"
             self.recording = False
             self._stop_at = None
-            self._put(("discard", None))
+            self._put(("discard", (self.steps, reason)))
             return True, f"discarded {self.steps} steps"
 
     def mark_success(self, success: bool) -> tuple[bool, str]:
@@ -333,14 +339,23 @@ class EpisodeRecorder:
                         payload[key] = fit(frame, h, w)
                     writer.add_step(payload)
                 elif kind == "commit" and writer is not None:
-                    writer.commit(**payload)
+                    index = writer.commit(**payload)
                     writer = None
                     self.episodes_written += 1
-                elif kind == "discard" and writer is not None:
-                    writer.discard()
-                    writer = None
+                    gaps = payload["gap_steps"]
+                    self.log.info(
+                        f"episode {index} committed: {payload['n_steps']} steps, "
+                        f"success={payload['success']}" + (f", gaps {gaps}" if gaps else "")
+                    )
+                elif kind == "discard":
+                    if writer is not None:
+                        writer.discard()
+                        writer = None
+                    steps, reason = payload
+                    self.log.warning(f"episode discarded after {steps} steps: {reason}")
             except Exception as e:  # noqa: BLE001 - reported on /diagnostics, never lost
                 self.write_errors.append(f"{kind}: {e}")
+                self.log.error(f"store write failed ({kind}): {e}")
                 if writer is not None and kind != "step":
                     writer = None
             finally:
@@ -358,6 +373,6 @@ class EpisodeRecorder:
             if self.recording and self._stop_at is not None:
                 self._finish()
             elif self.recording:
-                self.discard()
+                self.discard("the recorder shut down before ~/stop")
         self._q.put(("stop", None))
         self._thread.join(timeout=30)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 
 from data.align import JointSample, JointStateMerge, StampCheck
@@ -32,21 +33,81 @@ from data.errors import UserError
 P = TypeVar("P")
 
 OK, WARN, ERROR = 0, 1, 2  # DiagnosticStatus levels as ints (the message field is a byte)
-DDS_PROFILE = Path(__file__).with_name("fastdds.xml")
+# Fast DDS transport profiles shipped with the package (see each file's comment):
+# host = shared memory + UDP on loopback (one machine, the default), lan = shared memory + UDP
+# on every interface (several hosts), udp = UDP on loopback only (the benchmark's baseline).
+DDS_PROFILES = {
+    "host": Path(__file__).with_name("fastdds.xml"),
+    "lan": Path(__file__).with_name("fastdds_lan.xml"),
+    "udp": Path(__file__).with_name("fastdds_udp.xml"),
+}
+DDS_PROFILE = DDS_PROFILES["host"]
+
+
+def dds_profile(env: Mapping[str, str] | None = None) -> Path:
+    """The shipped profile for ``env`` (default: this process's environment).
+
+    ``HANDOFF_DDS_PROFILE`` names one (host, lan, udp; the launch files' ``dds_profile``
+    argument sets it). Unset, a setup that reaches other hosts -- ``ROS_STATIC_PEERS``, or
+    ``ROS_AUTOMATIC_DISCOVERY_RANGE`` set to SUBNET or SYSTEM_DEFAULT -- gets ``lan``, anything
+    else ``host``. UserError for a name that is not one of them.
+    """
+    env = os.environ if env is None else env
+    name = env.get("HANDOFF_DDS_PROFILE", "").strip().lower()
+    if not name:
+        reach = env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").strip().upper()
+        lan = env.get("ROS_STATIC_PEERS", "").strip() or reach in ("SUBNET", "SYSTEM_DEFAULT")
+        name = "lan" if lan else "host"
+    if name not in DDS_PROFILES:
+        raise UserError(
+            f"HANDOFF_DDS_PROFILE={name!r} is not one of {', '.join(DDS_PROFILES)} "
+            f"(for a profile of your own set FASTDDS_DEFAULT_PROFILES_FILE)"
+        )
+    return DDS_PROFILES[name]
 
 
 def use_dds_profile(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Point Fast DDS at handoff's transport profile (large shared-memory segment, UDP on
-    loopback; see fastdds.xml) unless the user named a profile of their own. Must run before
-    rclpy.init; ``env`` (default: this process's environment) is updated and returned."""
+    """Point Fast DDS at handoff's transport profile (:func:`dds_profile`) unless
+    ``FASTDDS_DEFAULT_PROFILES_FILE`` already names a file of the user's. Must run before
+    rclpy.init: Fast DDS reads the file once per process. ``env`` (default: this process's
+    environment) is updated and returned."""
     env = os.environ if env is None else env
-    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(DDS_PROFILE))
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(dds_profile(env))
     return env
 
 
-def param(default: Any, description: str) -> Any:
-    """A dataclass field that is also a ROS parameter (default + description)."""
-    return field(default=default, metadata={"description": description})
+def param(default: Any, description: str, dynamic: bool = False) -> Any:
+    """A dataclass field that is also a ROS parameter (default + description). Parameters are
+    read-only unless ``dynamic``: a dynamic one may be set while the node runs, through the
+    callback :func:`on_dynamic_params` installs."""
+    return field(default=default, metadata={"description": description, "dynamic": dynamic})
+
+
+def dynamic_names(cls: type) -> list[str]:
+    """The fields of a parameter dataclass declared with ``dynamic=True``."""
+    return [f.name for f in fields(cls) if f.metadata.get("dynamic")]
+
+
+def on_dynamic_params(node: Node, cls: type, apply: Callable[[dict[str, Any]], None]) -> None:
+    """Let ``ros2 param set`` change ``cls``'s dynamic parameters on ``node``: the new values of
+    one call go to ``apply({name: value})`` together, whose ValueError refuses them all with
+    its message as the reason (the parameters keep their values). rclpy refuses the read-only
+    ones itself."""
+    names = set(dynamic_names(cls))
+
+    def callback(params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in names}
+        if changes:
+            try:
+                apply(changes)
+            except (ValueError, TypeError) as e:
+                node.get_logger().warning(f"parameters {changes} refused: {e}")
+                return SetParametersResult(successful=False, reason=str(e))
+            node.get_logger().info(f"parameters set while running: {changes}")
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(callback)
 
 
 def param_fields(cls: type) -> dict[str, tuple[Any, str]]:
@@ -62,8 +123,10 @@ def param_fields(cls: type) -> dict[str, tuple[Any, str]]:
 def declare_params(node: Node, cls: type[P]) -> P:
     """Declare every field of ``cls`` on ``node`` and return the validated values."""
     values = {}
+    dynamic = set(dynamic_names(cls))
     for name, (default, description) in param_fields(cls).items():
-        descriptor = ParameterDescriptor(description=description, read_only=True)
+        read_only = name not in dynamic
+        descriptor = ParameterDescriptor(description=description, read_only=read_only)
         values[name] = node.declare_parameter(name, default, descriptor).value
     try:
         return cls(**values)
@@ -189,8 +252,10 @@ def print_help(doc: str | None, params: type) -> None:
     """What ``--help`` prints: the node's docstring and every parameter with its default."""
     print((doc or "").strip())
     print("\nparameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):")
+    dynamic = set(dynamic_names(params))
     for name, (default, description) in param_fields(params).items():
-        print(f"  {name} (default {default!r})\n      {description}")
+        settable = ", settable while running" if name in dynamic else ""
+        print(f"  {name} (default {default!r}{settable})\n      {description}")
 
 
 def run_node(
@@ -211,8 +276,11 @@ def run_node(
     if params is not None and ({"-h", "--help"} & set(own)):
         print_help(doc, params)
         sys.exit(0)
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    use_dds_profile()
+    try:
+        use_dds_profile()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     rclpy.init(args=args)
     node = None
     try:
@@ -225,6 +293,11 @@ def run_node(
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # Ctrl-C landing while rclpy converts a message surfaces as a RuntimeError from its
+        # C++ layer (ros/joint_state_publisher#117); after a shutdown that is a clean exit
+        if rclpy.ok():
+            raise
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         rclpy.try_shutdown()

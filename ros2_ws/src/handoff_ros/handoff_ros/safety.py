@@ -21,7 +21,8 @@ inside the position limits and the gripper range; this is asserted at the end of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -123,6 +124,39 @@ class SafetyFilter:
 
     def observation_age(self, now: float) -> float:
         return now - self._obs_time
+
+    # ---- run-time tuning -------------------------------------------------------------------
+
+    # What an operator may change while the arm runs: both only scale the step bound within
+    # the spec's limits. The rest (enable requirement, limit margin, watchdog and stamp
+    # tolerances) decides what counts as safe at all and is fixed at start.
+    TUNABLE = ("velocity_scale", "max_step_delta")
+
+    def tunable_bounds(self) -> dict[str, tuple[float, float]]:
+        """{name: (low, high)}: a value must lie in (low, high]. velocity_scale is a fraction
+        of the spec's velocity limits; a max_step_delta above the largest step those limits
+        allow in one spec period (max velocity_limit * dt, rad) would never bind, so it is the
+        ceiling (a typo such as 5 rad is refused, not silently harmless)."""
+        top = float(np.max(self.spec.velocity_limit)) * self.dt
+        return {"velocity_scale": (0.0, 1.0), "max_step_delta": (0.0, top)}
+
+    def retune(self, changes: Mapping[str, float]) -> None:
+        """Change :attr:`TUNABLE` values ({name: value}) from the next :meth:`filter` call on,
+        all or none: ValueError, with the bound, for another name or a value outside
+        :meth:`tunable_bounds`, and nothing changes."""
+        bounds = self.tunable_bounds()
+        new = {}
+        for name, value in changes.items():
+            if name not in bounds:
+                raise ValueError(f"{name} cannot change while running (only {self.TUNABLE} can)")
+            low, high = bounds[name]
+            new[name] = float(value)
+            if not low < new[name] <= high:  # also refuses NaN
+                raise ValueError(f"{name}={value} is outside ({low:g}, {high:.4g}]")
+        config = replace(self.config, **new)
+        # filter() on the control thread reads each of these once per call
+        self.velocity = np.asarray(self.spec.velocity_limit, np.float64) * config.velocity_scale
+        self.config = config
 
     # ---- inputs ----------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ forward_command_controller topic and a gripper forward command; ``~/reset`` (Tri
 re-places the scene with the next seed. With ``use_sim_time`` it publishes ``/clock`` and
 stamps everything with simulated time.
 
-Rendering (OSMesa on a CPU machine: ~45 ms per 84x84 frame) runs on its own thread on a copy
-of the physics state, so the control timer never waits for a camera.
+Rendering uses the GL back-end the rest of handoff picks (sim/_gl.py): EGL on a machine with
+a GPU, OSMesa otherwise (~45 ms per 84x84 frame), ``HANDOFF_GL`` or ``MUJOCO_GL`` to override;
+/diagnostics reports it as ``gl``. It runs on its own thread on a copy of the physics state, so
+the control timer never waits for a camera.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ class SimArmNode(Node):
         super().__init__("sim_arm")
         p = self.p = declare_params(self, SimArmParams)
         from data.embodiment import load_embodiment
-        from sim._gl import require_gl
+        from sim._gl import configure_gl, require_gl
         from sim.arm import SimArm
 
+        self.gl = configure_gl()  # chosen before MuJoCo was imported (by sim.arm, above)
         if p.camera_list:  # a GL back-end that cannot render: one line, not a render traceback
             require_gl()
 
@@ -114,6 +117,10 @@ class SimArmNode(Node):
         self.timer = self.create_timer(self.dt, self.tick, clock=steady)
         self.diag = Diagnostics(self, self.report)
         self.renderer = CameraThread(self) if p.camera_list else None
+        cams = f"cameras {p.camera_list} rendered with MUJOCO_GL={self.gl}"
+        self.get_logger().info(
+            f"{p.task} at {1 / self.dt:g} Hz; {cams if p.camera_list else 'no camera'}"
+        )
 
     # ---- time ------------------------------------------------------------------------------
 
@@ -206,6 +213,7 @@ class SimArmNode(Node):
             "late_ticks": self.late_ticks,
             "frames": self.renderer.frames if self.renderer else 0,
             "mujoco_warnings": self.arm.warnings(),
+            "gl": self.gl,
         }
         if self.arm.warnings():
             return WARN, "MuJoCo warnings", values

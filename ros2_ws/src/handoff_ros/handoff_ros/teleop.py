@@ -11,7 +11,9 @@ Outputs, by ``output``:
 Deadman: nothing is sent to the arm while the operator is not engaged, and joint targets pass
 the safety filter (deadman, limits, step and velocity clamps). ``~/engaged`` (std_msgs/Bool)
 is published every tick: the recorder stores it as ``data/intervention``. Recorder keys call
-``<recorder>/start``, ``/stop``, ``/discard`` and ``/mark_success``.
+``<recorder>/start``, ``/stop``, ``/discard`` and ``/mark_success``; the recorder's answers
+decide the recording state shown (``recording`` on /diagnostics). The keyboard device prints
+its keys in its terminal and keeps a status line there: engaged, recording, gripper.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ class TeleopNode(Node):
             "success": self.create_client(SetBool, f"{p.recorder}/mark_success"),
         }
         self.sent = 0
+        self.recording: bool | None = None  # None until the recorder answers a key
+        self.engaged = False
         self.timer = self.create_timer(self.dt, self.tick)
         self.diag = Diagnostics(self, self.report)
 
@@ -205,7 +209,10 @@ class TeleopNode(Node):
     def tick(self) -> None:
         now = now_sec(self)
         inp = self.read()
+        self.engaged = inp.engaged
         self.pub_engaged.publish(Bool(data=inp.engaged))
+        if isinstance(self.device, Keyboard):
+            self.device.show(inp.engaged, self.recording)
         self.safety.set_engaged(inp.engaged, now)
         for event in self.events:
             self.call_recorder(event)
@@ -261,20 +268,27 @@ class TeleopNode(Node):
     def _recorder_answered(self, event: str, future: Any) -> None:
         """The operator hears when the recorder refused (e.g. a stop that stored nothing)."""
         res = None if future.exception() is not None else future.result()
+        if res is not None and event in ("start", "stop", "discard"):
+            # whatever the answer, it tells the state: start fails only when already
+            # recording; a stop or discard, refused or not, leaves the recorder idle
+            self.recording = event == "start"
         if res is not None and not res.success:
             self.diag.problem(f"recorder {event} failed: {res.message}")
+        elif res is not None:
+            self.get_logger().info(f"recorder {event}: {res.message}")
 
     def report(self) -> tuple[int, str, dict]:
         values = {
             "hardware_id": self.p.device,
-            "engaged": self.input.engaged,
+            "engaged": self.engaged,
+            "recording": self.recording,
             "commands_sent": self.sent,
             "rejected_stamps": sum(self.stamps.rejected.values()),
             **self.safety.status(),
         }
         if self.p.output == "joint" and self.q is None:
             return WARN, "waiting for joint_states", values
-        return OK, "engaged" if self.input.engaged else "idle (deadman released)", values
+        return OK, "engaged" if self.engaged else "idle (deadman released)", values
 
     def close(self) -> None:
         if self.device is not None:

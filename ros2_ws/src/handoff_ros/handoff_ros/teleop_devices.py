@@ -91,7 +91,16 @@ class Keyboard:
 
         w/s  +x/-x     a/d  +y/-y     q/e  +z/-z     j/l  yaw +/-
         g    toggle gripper   1 start   2 stop   3 mark success   4 discard
+
+    The keys are printed on the terminal when the device opens, and :meth:`show` keeps one
+    status line under them (engaged or not, recording or not, gripper).
     """
+
+    HELP = (
+        "keyboard teleop -- hold to move (base frame): w/s +x/-x  a/d +y/-y  q/e +z/-z  "
+        "j/l yaw +/-\n"
+        "g toggle gripper   recorder: 1 start  2 stop  3 mark success  4 discard   Ctrl-C quit"
+    )
 
     KEYS = {
         "w": (0, 1),
@@ -118,6 +127,24 @@ class Keyboard:
         self.hold_s = hold_s
         self._last: dict[str, float] = {}
         self._closed_gripper = False
+        self._shown = ""
+        self._write(self.HELP + "\n")
+
+    def _write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def show(self, engaged: bool, recording: bool | None) -> None:
+        """Redraw the status line when it changed; ``recording`` None: not known yet (the
+        recorder has not answered a key)."""
+        rec = {True: "RECORDING", False: "not recording", None: "recorder: no answer yet"}
+        line = (
+            f"[{'ENGAGED' if engaged else 'released'}] [{rec[recording]}] "
+            f"[gripper {'closed' if self._closed_gripper else 'open'}]"
+        )
+        if line != self._shown:
+            self._shown = line
+            self._write(f"\r\x1b[K{line}")  # carriage return + clear line: one line, redrawn
 
     def read(self, gripper_range: tuple[float, float]) -> TeleopInput:
         out = TeleopInput()
