@@ -11,8 +11,8 @@ ARG TORCH_VERSION=2.13.0
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
-    MUJOCO_GL=egl \
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# MUJOCO_GL is left unset: handoff picks EGL when a GPU render device is passed in, else OSMesa
 
 RUN apt-get update && apt-get install -y --no-install-recommends \
         python3-pip python3-colcon-common-extensions libosmesa6 libegl1 libgl1 \

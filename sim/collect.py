@@ -205,7 +205,10 @@ def collect(
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="handoff-collect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="handoff-collect",
+        description="Scripted demonstrations in simulation, written to a demonstration store.",
+    )
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS.names())}")
     p.add_argument("--episodes", type=int, default=100, help="episodes to write (default 100)")
     p.add_argument("--out", required=True, help="store path (.zarr directory or fsspec URL)")

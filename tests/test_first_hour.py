@@ -123,6 +123,7 @@ def test_other_data_gets_the_converter_hint(tmp_path, capsys):
 COMMANDS = [
     ["handoff-train"],
     ["handoff-eval"],
+    ["handoff-collect"],
     ["handoff-data"],
     *[["handoff-data", c] for c in ("info", "validate", "merge", "split", "delete")],
     ["handoff-data", "export-video"],

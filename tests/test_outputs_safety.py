@@ -605,6 +605,7 @@ def test_demo_fresh_deletes_nothing_up_front(tmp_path, monkeypatch, capsys):
 
     ros = {"successes": 0, "episodes": 1, "inference_ms": {"p50": 1.0, "p99": 2.0}}
     monkeypatch.setattr(demo, "run", run)
+    monkeypatch.setattr(demo, "launched_closed_loop", lambda *a, **k: ros)
     monkeypatch.setattr(handoff_ros.closed_loop, "run_closed_loop", lambda *a, **k: ros)
     demo.demo("act", out, demo.QUICK, fresh=True, workers=1)
     assert [c[0] for c in commands] == ["handoff-collect", "handoff-train", "handoff-eval"]

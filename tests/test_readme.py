@@ -79,6 +79,7 @@ def env() -> dict[str, str]:
     e["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 101)
     e["PYTHONUNBUFFERED"] = "1"
     e.setdefault("MUJOCO_GL", "osmesa")
+    e["HANDOFF_CACHE"] = ".handoff-cache"  # LeRobot conversions land in the test's folder
     return e
 
 

@@ -63,6 +63,8 @@ def dds_profile(env: Mapping[str, str] | None = None) -> Path:
             f"HANDOFF_DDS_PROFILE={name!r} is not one of {', '.join(DDS_PROFILES)} "
             f"(for a profile of your own set FASTDDS_DEFAULT_PROFILES_FILE)"
         )
+    if not DDS_PROFILES[name].is_file():  # Fast DDS would ignore a missing file silently
+        raise UserError(f"{DDS_PROFILES[name]} is missing: reinstall handoff_ros (colcon build)")
     return DDS_PROFILES[name]
 
 
