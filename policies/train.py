@@ -421,10 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(train_cfg.seed)
     policy = cls(config, spec, normalizer)
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
-    replaced = None if args.resume else set_aside(out)  # --force: kept until this run is done
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        write_run_config(out, run)
+    # built before anything is written: a refusal (too few samples for a batch) leaves nothing
     meta = {
         "policy": cls.name,
         "data": run["data"],
@@ -441,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         task=run["task"],
         run_meta=meta,
     )
+    replaced = None if args.resume else set_aside(out)  # --force: kept until this run is done
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        write_run_config(out, run)
     if args.resume:
         trainer.resume()
         write_run_config(out, run)  # only once the saved state loaded: a refusal changes nothing

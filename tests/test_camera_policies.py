@@ -153,3 +153,11 @@ def test_make_demo_cameras_switch(cameras, tmp_path, monkeypatch):
     assert collect[collect.index("--out") + 1] == str(out / f"lift{'_cameras' * cameras}.zarr")
     assert collect[collect.index("--episodes") + 1] == ("200" if cameras else "100")
     assert ("train.max_minutes=9.0" in train_cmd) != cameras  # cameras: the recipe's 30 min
+
+
+def test_too_few_samples_for_a_batch_leaves_no_run_directory(camera_store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train(camera_store, tmp_path / "run", "act", "--batch-size", "100000")
+    assert e.value.code == 2 and "fewer than one batch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the retry with a smaller batch needs no --force
+    train(camera_store, tmp_path / "run", "act")
