@@ -85,7 +85,15 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
         probe.node.create_publisher(Float64MultiArray, "/gripper_controller/commands", 10),
         probe.node.create_publisher(Bool, "/teleop/engaged", 10),
     )
+    probe.subscribe(DiagnosticArray, "/diagnostics")
     try:
+        # the recorder's services can answer before its /joint_states subscription has matched
+        # the arm's publisher (discovery): start once it has received joint states
+        heard = probe.spin_until(
+            lambda: int(probe.diagnostic_values("/recorder").get("joint_states.received", 0)) > 0,
+            60,
+        )
+        assert heard, rec.log()
         sweeps, spans = [], []  # spans: the longest each episode can be, s
         for e in range(3):
             assert probe.call(Trigger, "/sim_arm/reset", Trigger.Request(), 60).success
@@ -104,7 +112,6 @@ def test_three_episodes_validate_and_a_killed_recorder_leaves_the_store_intact(s
             res = probe.call(Trigger, "/recorder/stop", Trigger.Request(), 60, resend_s=60)
             assert res.success, res.message
             spans.append(time.monotonic() - t_start)
-        probe.subscribe(DiagnosticArray, "/diagnostics")
         written = probe.spin_until(
             lambda: probe.diagnostic_values("/recorder").get("episodes_written") == "3", 10
         )
