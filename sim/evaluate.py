@@ -67,13 +67,24 @@ def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
 
 
 class _Worker:
-    """One task + one policy inside one process."""
+    """One task + one policy inside one process. A learned policy (one with ``predict_chunk``)
+    runs through the policy runner the ROS node uses (the ``make_runner`` hook, with
+    ``runner`` as its options); the scripted expert and replays step in lock-step."""
 
-    def __init__(self, make_policy: Callable[[], Any], task: str, max_steps: int | None) -> None:
+    def __init__(
+        self,
+        make_policy: Callable[[], Any],
+        task: str,
+        max_steps: int | None,
+        runner: dict[str, Any] | None = None,
+    ) -> None:
         from data.embodiment import load_embodiment
         from sim.tasks import get_task, make_task
 
         self.policy = make_policy()
+        self.runner = None
+        if hasattr(self.policy, "predict_chunk"):
+            self.runner = hook("make_runner")(self.policy, **(runner or {}))
         spec = get_task(task).embodiment_for(load_embodiment("sim_panda"))
         cameras = check_compatible(self.policy, spec, task)
         size = (84, 84)
@@ -86,16 +97,21 @@ class _Worker:
             self.policy.bind(self.task)
 
 
-def _setup(make_policy: Callable[[], Any], task: str, max_steps: int | None) -> _Worker:
-    return _Worker(make_policy, task, max_steps)
+def _setup(
+    make_policy: Callable[[], Any], task: str, max_steps: int | None, runner: dict | None
+) -> _Worker:
+    return _Worker(make_policy, task, max_steps, runner)
 
 
 def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
     """Run one episode; job = (seed, obs_latency, action_latency, record video)."""
     seed, obs_latency, action_latency, video = job
-    task, policy = w.task, w.policy
+    task, policy, runner = w.task, w.policy, w.runner
     obs, _ = task.reset(seed=seed)
     policy.reset()
+    if runner is not None:
+        runner.reset(seed=seed)  # the same sampling noise for an episode in every run
+    dt = task.embodiment.dt
     # obs_latency: the policy sees the observation from k steps ago (the first one repeated at
     # the start); action_latency: an action reaches the arm k steps after it was computed,
     # the arm holding its reset pose until then
@@ -108,7 +124,13 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
         if video:
             frames.append(task.arm.render(VIDEO_CAMERA, VIDEO_SIZE))
         t0 = time.perf_counter()
-        action = np.asarray(policy.select_action(seen[0]), dtype=np.float32)
+        if runner is None:
+            action = np.asarray(policy.select_action(seen[0]), dtype=np.float32)
+        else:  # the node's path: runner (history, chunks, delay, scheme) + safety filter
+            now = length * dt
+            joints = (seen[0]["joint_pos"], now - obs_latency * dt)
+            command = runner.tick(seen[0], now, joints=joints).command
+            action = task.arm.last_action if command is None else command.astype(np.float32)
         latencies.append((time.perf_counter() - t0) * 1000.0)
         pending.append(action)
         obs, _, terminated, truncated, info = task.step(pending.popleft())
@@ -122,6 +144,8 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
         "success": success,
         "length": length,
         "latency_ms": latencies,
+        "chunk_ms": list(runner.inference_ms)[-runner.stats.chunks :] if runner else [],
+        "execution": {"scheme": runner.scheme, **runner.stats.as_dict()} if runner else {},
         "frames": np.stack(frames) if frames else None,
         "span": (started, time.time()),
         "cpu_s": time.process_time() - cpu0,
@@ -138,11 +162,22 @@ def evaluate_policy(
     max_steps: int | None = None,
     obs_latency: int = 0,
     action_latency: int = 0,
+    scheme: str = "auto",
+    inference_delay: int = 0,
+    execute_steps: int = 0,
+    safety: bool = True,
     out_dir: str | Path | None = None,
     video_episodes: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``n_episodes`` of a policy (or a picklable zero-arg policy factory) on ``task``.
+
+    A learned policy runs through the policy runner (policies/runner.py) as on the arm:
+    ``scheme`` (sync, async, ensemble, rtc; auto: the policy's default), ``inference_delay``
+    d in control steps (-1: each chunk's measured wall-clock time), ``execute_steps`` s (0: the
+    policy's Ta) and the safety filter of the simulated arm (``safety``). ``obs_latency`` /
+    ``action_latency`` add transport delays around it (observation k steps old; command
+    applied k steps late).
 
     Returns the JSON-able report of the contract in DESIGN.md; with ``out_dir`` also writes
     report.json, rollouts.mp4 (the first ``video_episodes`` episodes) and summary.png, replacing
@@ -158,6 +193,14 @@ def evaluate_policy(
         raise UserError("the number of episodes and of workers must be positive")
     if obs_latency < 0 or action_latency < 0:
         raise UserError("--obs-latency and --action-latency are control steps, >= 0")
+    if inference_delay < -1:
+        raise UserError("--inference-delay is control steps >= 0, or 'measured'")
+    runner = {
+        "scheme": scheme,
+        "delay": inference_delay,
+        "execute_steps": execute_steps,
+        "safety": safety,
+    }
     is_factory = callable(policy_or_factory) and not hasattr(policy_or_factory, "select_action")
     if not is_factory:
         if workers > 1:
@@ -170,7 +213,7 @@ def evaluate_policy(
     video_episodes = video_episodes if out_dir is not None else 0
     if video_episodes > 0:
         require_gl()  # before any episode runs
-    setup = functools.partial(_setup, make_policy, task, max_steps)
+    setup = functools.partial(_setup, make_policy, task, max_steps, runner)
     jobs = [(seed + i, obs_latency, action_latency, i < video_episodes) for i in range(n_episodes)]
     results, ok = [], 0
     t0 = time.perf_counter()
@@ -189,6 +232,7 @@ def evaluate_policy(
     span = max(r["span"][1] for r in results) - min(r["span"][0] for r in results)
     steps = sum(r["length"] for r in results)
     lat = np.concatenate([r["latency_ms"] for r in results])
+    chunk_ms = np.concatenate([r["chunk_ms"] for r in results] + [[]])
     report = {
         "task": task,
         "n_episodes": n_episodes,
@@ -204,6 +248,7 @@ def evaluate_policy(
         "workers": workers,
         "obs_latency": obs_latency,
         "action_latency": action_latency,
+        **_execution_summary(results, runner, chunk_ms),
         "wall_s": wall,
         "rollout_s": span,
         "steps_per_s": float(steps / span) if span > 0 else 0.0,
@@ -217,6 +262,33 @@ def evaluate_policy(
         labels = [{k: r[k] for k in ("seed", "success", "length")} for r in shown]
         write_outputs(Path(out_dir), report, [r["frames"] for r in shown], lat, labels)
     return report
+
+
+def _execution_summary(
+    results: list[dict[str, Any]], runner: dict[str, Any], chunk_ms: np.ndarray
+) -> dict[str, Any]:
+    """How chunks were executed, over the episodes: scheme, delay, mean steps to success, held
+    ticks, and the seam metric (per episode, the largest joint jump where execution switched
+    chunks and inside chunks, rad; averaged over episodes)."""
+    stats = [r["execution"] for r in results if r["execution"]]
+    if not stats:
+        return {}
+    won = [r["length"] for r in results if r["success"]]
+    seamed = [s for s in stats if s["seams"]]
+    return {
+        "scheme": stats[0]["scheme"],  # auto resolved to the policy's default
+        "inference_delay": "measured" if runner["delay"] == -1 else runner["delay"],
+        "safety": runner["safety"],
+        "mean_steps_to_success": float(np.mean(won)) if won else None,
+        "held_ticks_per_episode": float(np.mean([s["held"] for s in stats])),
+        "chunks_per_episode": float(np.mean([s["chunks"] for s in stats])),
+        "boundary_jump": float(np.mean([s["boundary_jump"] for s in seamed])) if seamed else None,
+        "inchunk_jump": float(np.mean([s["inchunk_jump"] for s in stats])),
+        "chunk_ms": {
+            "p50": float(np.percentile(chunk_ms, 50)) if len(chunk_ms) else 0.0,
+            "p99": float(np.percentile(chunk_ms, 99)) if len(chunk_ms) else 0.0,
+        },
+    }
 
 
 # ---- handoff-eval --------------------------------------------------------------------
@@ -262,6 +334,15 @@ def check_report_out(out: str, inputs: list[Path], force: bool) -> None:
     have = [n for n in REPORT_FILES if os.path.lexists(Path(out) / n)]
     if have and not force:
         raise UserError(f"{out} holds a report ({', '.join(have)}); pass --force to replace it")
+
+
+def _delay(text: str) -> int:
+    """--inference-delay: 'measured' -> -1, else control steps >= 0."""
+    if text.strip().lower() == "measured":
+        return -1
+    if not text.strip().isdigit():
+        raise UserError(f"--inference-delay {text!r}: give control steps (0, 1, ...) or measured")
+    return int(text)
 
 
 def _replay_target(text: str) -> tuple[str, int]:
@@ -322,6 +403,33 @@ def main(argv: list[str] | None = None) -> None:
         help="delay before an action reaches the arm, in control steps (default 0)",
     )
     p.add_argument(
+        "--scheme",
+        default="auto",
+        choices=["auto", "sync", "async", "ensemble", "rtc"],
+        help="chunk execution, as on the policy node: sync (hold until the next chunk), async "
+        "(switch on arrival, skipping its stale actions), ensemble (ACT's temporal "
+        "ensembling), rtc (real-time chunking); auto: the checkpoint's default",
+    )
+    p.add_argument(
+        "--inference-delay",
+        default="0",
+        metavar="D",
+        help="control steps from an observation until its chunk can be used, the arm moving "
+        "on meanwhile; 'measured': each chunk's wall-clock inference time (default 0). "
+        "Rehearse the node's ~/inference_ms: D = ceil(ms / period)",
+    )
+    p.add_argument(
+        "--execute-steps",
+        type=int,
+        default=0,
+        help="actions executed per chunk by sync/async/rtc (default 0: the checkpoint's Ta)",
+    )
+    p.add_argument(
+        "--no-safety",
+        action="store_true",
+        help="skip the safety filter the node applies (step and velocity clamps)",
+    )
+    p.add_argument(
         "--out", metavar="DIR", help="write report.json, rollouts.mp4, summary.png (default: none)"
     )
     p.add_argument(
@@ -335,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     task, seed, episodes = a.task, a.seed, a.episodes
+    delay = _delay(a.inference_delay)
     store, episode = _replay_target(a.replay) if a.replay else ("", 0)
     if a.out:  # before anything is read or run
         inputs = checkpoint_inputs(a.checkpoint) if a.checkpoint else [Path(store)] if store else []
@@ -375,6 +484,10 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=a.max_steps,
         obs_latency=a.obs_latency,
         action_latency=a.action_latency,
+        scheme=a.scheme,
+        inference_delay=delay,
+        execute_steps=a.execute_steps,
+        safety=not a.no_safety,
         out_dir=a.out,
         video_episodes=a.video_episodes if a.out else 0,
         progress=not a.no_progress,

@@ -20,7 +20,8 @@ GREEN, RED = (40, 170, 60), (210, 40, 40)
 def summary_line(report: dict[str, Any]) -> str:
     """The human line ``handoff-eval`` prints before its JSON line, figures rounded:
     ``lift: success 0.86 [0.78, 0.91] (43/50 episodes, seeds 0-49), mean length 98.3 steps,
-    select_action p50 1.20 ms p99 3.40 ms``."""
+    step p50 1.20 ms p99 3.40 ms``, then for a learned policy its execution: ``; rtc at
+    inference delay 4, chunk p50 95 ms, 4.0 held steps/episode``."""
     lo, hi = report["success_ci95"]
     seeds = report.get("seeds") or []
     span = f", seeds {min(seeds)}-{max(seeds)}" if len(seeds) > 1 else ""
@@ -29,8 +30,14 @@ def summary_line(report: dict[str, Any]) -> str:
     return (
         f"{report['task']}: success {report['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
         f"({report['successes']}/{report['n_episodes']} episodes{span}), mean length "
-        f"{report['mean_length']:.1f} steps, select_action p50 {lat['p50']:.2f} ms "
+        f"{report['mean_length']:.1f} steps, step p50 {lat['p50']:.2f} ms "
         f"p99 {lat['p99']:.2f} ms"
+    ) + (
+        f"; {report['scheme']} at inference delay {report['inference_delay']}, chunk p50 "
+        f"{report['chunk_ms']['p50']:.0f} ms, {report['held_ticks_per_episode']:.1f} held "
+        f"steps/episode"
+        if "scheme" in report
+        else ""
     )
 
 
@@ -104,7 +111,7 @@ def write_summary_png(path: Path, report: dict[str, Any], latency_ms: np.ndarray
     ax2.axvline(p50, color="black", linestyle="--", linewidth=1, label=f"p50 {p50:.2f} ms")
     ax2.axvline(p99, color="tab:red", linestyle="--", linewidth=1, label=f"p99 {p99:.2f} ms")
     ax2.legend(fontsize=8)
-    ax2.set_title(f"select_action latency (max {np.max(latency_ms):.1f} ms)")
+    ax2.set_title(f"control step latency (max {np.max(latency_ms):.1f} ms)")
     ax2.set_xlabel(f"ms (clipped at 2 x p99 = {top:.1f} ms)")
     ax2.set_ylabel("control steps")
     fig.tight_layout()

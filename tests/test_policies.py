@@ -11,7 +11,6 @@ import torch
 from data.embodiment import load_embodiment
 from data.errors import UserError
 from policies import load
-from policies.act.model import TemporalEnsembler
 from policies.checkpoint import save_policy
 from policies.common.normalizer import Normalizer
 from policies.common.vision import ResNet18GN, SpatialSoftmax, crop_images, prepare_images
@@ -175,15 +174,15 @@ def test_save_load_gives_identical_actions(name, image, tmp_path):
 def test_select_action_shapes_and_queue(name):
     policy = build(name).eval()
     calls = []
-    inner = policy.predict_action_chunk
+    inner = policy.chunk
 
-    def counting(obs):
+    def counting(obs, guide=None):
         calls.append({k: tuple(v.shape) for k, v in obs.items()})
         out = inner(obs)
-        assert out.shape == (1, policy.config.n_action_steps, policy.action_dim)
+        assert out.shape == (1, policy.chunk_length, policy.action_dim)
         return out
 
-    policy.predict_action_chunk = counting
+    policy.chunk = counting
     rng = np.random.default_rng(0)
     Ta = policy.config.n_action_steps
     for _ in range(2 * Ta + 1):
@@ -202,9 +201,9 @@ def test_select_action_shapes_and_queue(name):
 def test_observation_history_pads_with_first_step():
     policy = build("diffusion").eval()
     seen = []
-    policy.predict_action_chunk = lambda obs: (
+    policy.chunk = lambda obs, guide=None: (
         seen.append(obs["eef_pos"].clone()),
-        torch.zeros(1, 8, 8),
+        torch.zeros(1, 15, 8),
     )[1]
     rng = np.random.default_rng(0)
     first = random_obs(policy, rng)
@@ -213,28 +212,11 @@ def test_observation_history_pads_with_first_step():
     assert np.allclose(seen[0][0, 1].numpy(), first["eef_pos"])
 
 
-def test_temporal_ensembling_maths():
-    m, Tp = 0.01, 4
-    ens = TemporalEnsembler(m, Tp)
-    chunks = [torch.arange(Tp, dtype=torch.float64)[:, None] * 10 + s for s in range(6)]
-    out = [float(ens.update(c)[0]) for c in chunks]
-    # step t sees the chunk from step t-k at index k, k < Tp; weights exp(-m*i), oldest first
-    for t in range(6):
-        ages = [k for k in range(Tp) if t - k >= 0]
-        preds = [chunks[t - k][k, 0].item() for k in ages][::-1]  # oldest first
-        w = np.exp(-m * np.arange(len(preds)))
-        assert out[t] == pytest.approx(float((w * preds).sum() / w.sum()), abs=1e-12)
-    ens.reset()
-    assert float(ens.update(chunks[0])[0]) == 0.0
-
-
 def test_act_temporal_ensembling_predicts_every_step():
     policy = build("act", n_action_steps=1, temporal_ensemble_coeff=0.01).eval()
     rng = np.random.default_rng(0)
     obs = random_obs(policy, rng)
-    chunk = policy.predict_full_chunk({k: torch.from_numpy(v)[None, None] for k, v in obs.items()})[
-        0
-    ]
+    chunk = policy.chunk({k: torch.from_numpy(v)[None, None] for k, v in obs.items()})[0]
     a0 = policy.select_action(obs)
     assert np.allclose(a0, chunk[0].numpy(), atol=1e-6)  # first step: the only prediction
     a1 = policy.select_action(obs)  # same obs again: mean of chunk[1] (old) and chunk[0] (new)

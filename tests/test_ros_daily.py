@@ -141,7 +141,7 @@ def test_an_unknown_profile_name_is_one_error_line():
 
 def test_retune_changes_all_or_nothing_and_the_next_step_follows():
     from data.embodiment import load_embodiment
-    from handoff_ros.safety import SafetyConfig, SafetyFilter
+    from policies.safety import SafetyConfig, SafetyFilter
 
     spec = load_embodiment("sim_panda")
     f = SafetyFilter(spec, SafetyConfig(require_enable=False))
@@ -301,4 +301,4 @@ def test_closed_loop_joins_the_callers_domain_and_says_which_seeds_it_runs(monke
     )
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    assert "episode k = 1..N runs SEED+k" in text and "$ROS_DOMAIN_ID" in text
+    assert "episode k runs SEED+k, as in handoff-eval" in text and "$ROS_DOMAIN_ID" in text

@@ -9,7 +9,7 @@ import pytest
 
 from data.align import StampCheck
 from data.embodiment import load_embodiment
-from handoff_ros.safety import SafetyConfig, SafetyFilter
+from policies.safety import SafetyConfig, SafetyFilter
 
 SPEC = load_embodiment("sim_panda")
 LOW = np.array(SPEC.action_low())

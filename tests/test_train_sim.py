@@ -62,3 +62,15 @@ def test_collect_train_eval_on_lift(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["n_episodes"] == 2 and 0 <= report["success_rate"] <= 1
     assert report["latency_ms"]["p50"] > 0
+    # the node's execution, rehearsed: real-time chunking with each chunk usable 2 steps late
+    argv = ["--checkpoint", str(tmp_path / "run" / "best"), "--task", "lift", "--episodes", "1"]
+    argv += ["--max-steps", "30", "--scheme", "rtc", "--inference-delay", "2", "--no-progress"]
+    eval_main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    assert report["scheme"] == "rtc" and report["inference_delay"] == 2 and report["safety"]
+    assert report["held_ticks_per_episode"] == 2  # nothing to execute before the first chunk
+    assert report["chunks_per_episode"] >= 30 // 10 and "rtc at inference delay 2" in out[-2]
+    with pytest.raises(SystemExit) as e:
+        eval_main(argv[:-3] + ["--inference-delay", "soon"])
+    assert e.value.code == 2 and "--inference-delay 'soon'" in capsys.readouterr().err

@@ -9,10 +9,8 @@ Inference uses z = 0 (the prior mean).
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,30 +48,6 @@ def _encoder(c: ACTConfig, n_layers: int) -> nn.TransformerEncoder:
         c.dim_model, c.n_heads, c.dim_feedforward, c.dropout, activation="relu", batch_first=True
     )
     return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-
-
-class TemporalEnsembler:
-    """ACT's temporal ensembling: every step a new chunk is predicted; the action for step t is
-    the weighted mean of every stored chunk's prediction for t, with weights exp(-m * i) where
-    i = 0 is the OLDEST prediction (paper sec. 3.3, m = 0.01)."""
-
-    def __init__(self, coeff: float, chunk_size: int) -> None:
-        self.coeff = coeff
-        self.chunks: deque[torch.Tensor] = deque(maxlen=chunk_size)  # newest last, (Tp, Da)
-
-    def reset(self) -> None:
-        self.chunks.clear()
-
-    def update(self, chunk: torch.Tensor) -> torch.Tensor:
-        """chunk: (Tp, Da) predicted now -> (Da,) ensembled action for the current step."""
-        self.chunks.append(chunk)
-        n = len(self.chunks)
-        # the chunk predicted k steps ago (age k) holds the current step at index k
-        preds = torch.stack(
-            [c[n - 1 - j] for j, c in enumerate(self.chunks)]
-        )  # (n, Da), oldest first
-        w = torch.exp(-self.coeff * torch.arange(n, dtype=preds.dtype, device=preds.device))
-        return (w[:, None] * preds).sum(0) / w.sum()
 
 
 @register_policy("act")
@@ -114,11 +88,6 @@ class ACTPolicy(Policy):
         nn.init.normal_(self.token_pos, std=0.02)
         nn.init.normal_(self.query_pos, std=0.02)
         self.head = nn.Linear(D, Da)
-        self.ensembler = (
-            TemporalEnsembler(c.temporal_ensemble_coeff, c.horizon)
-            if c.temporal_ensemble_coeff is not None
-            else None
-        )
 
     def _state(self, norm: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Low-dim keys of the current step -> (B, Do)."""
@@ -176,24 +145,23 @@ class ACTPolicy(Policy):
         return loss, {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
     @torch.no_grad()
-    def predict_full_chunk(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """obs {k: (B, 1, ...)} -> (B, Tp, Da) raw actions for the whole chunk."""
+    def chunk(
+        self, obs: dict[str, torch.Tensor], guide: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """obs {k: (B, 1, ...)} -> (B, Tp, Da) raw actions for the whole chunk (ACT has no
+        sampling to guide: the runner blends a real-time-chunking guide afterwards)."""
         norm = self.normalize_obs(obs)
         B = next(iter(norm.values())).shape[0]
         z = torch.zeros(B, self.config.latent_dim, device=self.device)  # the prior mean
         return self.normalizer.unnormalize(ACTION_KEY, self._decode(self._encode(norm, z)))
 
-    def predict_action_chunk(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.predict_full_chunk(obs)[:, : self.config.n_action_steps]  # (B, Ta, Da)
+    @property
+    def default_scheme(self) -> str:  # type: ignore[override]
+        """Temporal ensembling when the config sets its coefficient, else chunks."""
+        return "ensemble" if self.config.temporal_ensemble_coeff is not None else "sync"
 
-    def reset(self) -> None:
-        super().reset()
-        if getattr(self, "ensembler", None) is not None:
-            self.ensembler.reset()
-
-    @torch.no_grad()
-    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.ensembler is None:
-            return super().select_action(obs)
-        chunk = self.predict_full_chunk(self._push_obs(obs))[0]  # (Tp, Da)
-        return self.ensembler.update(chunk).float().cpu().numpy()
+    @property
+    def default_execute_steps(self) -> int:
+        """Ta, or half the chunk for a config trained for ensembling (Ta = 1)."""
+        Ta = self.config.n_action_steps
+        return Ta if Ta > 1 else max(1, self.config.horizon // 2)

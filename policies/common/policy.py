@@ -7,7 +7,6 @@ A policy is an ``nn.Module`` holding only the network; its :class:`Normalizer` a
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,8 +23,8 @@ ACTION_KEY = "action"
 class Policy(nn.Module):
     """Base class. Subclasses implement ``forward`` and ``predict_action_chunk``.
 
-    ``select_action`` keeps the last To observations (the first one repeated until there are
-    To, as the training windows edge-pad episode starts) and a queue of Ta actions.
+    Execution (observation history, chunk scheduling, ensembling, delays, safety) is the
+    policy runner's (policies/runner.py); ``select_action`` runs it in lock-step.
     """
 
     name: ClassVar[str] = ""
@@ -50,7 +49,7 @@ class Policy(nn.Module):
         self.lowdim_dims = {k: math.prod(embodiment.observation[k]) for k in self.lowdim_keys}
         self.camera_shapes = {k: embodiment.camera(k).shape for k in self.camera_keys}
         self.action_dim = embodiment.action_dim  # Da
-        self.reset()
+        self._runner: Any = None
 
     # ---- helpers for subclasses ---------------------------------------------------------------
 
@@ -69,20 +68,66 @@ class Policy(nn.Module):
 
     # ---- the interface ------------------------------------------------------------------------
 
+    # How the policy runner (policies/runner.py) executes this policy's chunks by default, and
+    # whether predict_chunk can follow a guide during sampling (real-time chunking).
+    default_scheme: ClassVar[str] = "sync"
+    guided_sampling: ClassVar[bool] = False
+
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: {"obs": {k: (B, To, ...)}, "action": (B, Tp, Da), "action_is_pad": (B, Tp)}."""
         raise NotImplementedError
 
-    def predict_action_chunk(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """obs {k: (B, To, ...)} raw -> (B, Ta, Da) raw actions to execute."""
+    def chunk(
+        self, obs: dict[str, torch.Tensor], guide: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """obs {k: (B, To, ...)} raw -> (B, H, Da) raw actions from the current (last observed)
+        step on, H = :attr:`chunk_length`. ``guide`` (targets (n, Da) raw, weights (n,)):
+        pull the first n actions towards the targets (only with :attr:`guided_sampling`)."""
         raise NotImplementedError
 
-    def reset(self) -> None:
-        self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=self.config.n_obs_steps)
-        self._action_queue: deque[torch.Tensor] = deque()
+    @property
+    def chunk_length(self) -> int:
+        """H: actions a chunk holds from the current step on."""
+        return self.config.horizon
 
-    def _step_tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """One unbatched step -> {k: (1, ...)} on the policy's device, checked against inputs."""
+    @property
+    def history_steps(self) -> int:
+        """To: observation steps a prediction reads."""
+        return self.config.n_obs_steps
+
+    @property
+    def default_execute_steps(self) -> int:
+        """s: actions the runner executes per chunk (sync/async/rtc): Ta."""
+        return self.config.n_action_steps
+
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """obs {k: (B, To, ...)} raw -> (B, Ta, Da) raw actions to execute."""
+        return self.chunk(obs)[:, : self.config.n_action_steps]
+
+    @torch.no_grad()
+    def predict_chunk(
+        self,
+        history: list[dict[str, torch.Tensor]],
+        guide: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """The runner's call: To steps from :meth:`prepare_step` (oldest first) -> (H, Da)
+        float32 actions in robot units, from the newest step on."""
+        steps = history
+        obs = {k: torch.stack([s[k] for s in steps], 1) for k in steps[0]}
+        g = None
+        if guide is not None:
+            g = tuple(torch.as_tensor(np.asarray(x), device=self.device) for x in guide)
+        return self.chunk(obs, g)[0].float().cpu().numpy()
+
+    def reset(self) -> None:
+        """Forget the episode: :meth:`select_action` starts a fresh history and chunk."""
+        if getattr(self, "_runner", None) is not None:
+            self._runner.reset()
+
+    def prepare_step(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """One unbatched observation step -> {k: (1, ...)} on the policy's device, checked
+        against the inputs (KeyError names a missing key, ValueError a wrong shape); the
+        runner keeps these in its history."""
         missing = [k for k in self.input_keys if k not in obs]
         if missing:
             raise KeyError(
@@ -107,20 +152,11 @@ class Policy(nn.Module):
             out[k] = torch.from_numpy(np.ascontiguousarray(img)).to(dev)[None]
         return out
 
-    def _push_obs(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Append one step to the history; return it stacked as {k: (1, To, ...)}."""
-        step = self._step_tensors(obs)
-        if not self._obs_history:
-            self._obs_history.extend([step] * self.config.n_obs_steps)
-        else:
-            self._obs_history.append(step)
-        return {k: torch.stack([h[k] for h in self._obs_history], 1) for k in step}
-
-    @torch.no_grad()
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """One unbatched observation step -> (Da,) float32 action in robot units."""
-        history = self._push_obs(obs)
-        if not self._action_queue:
-            chunk = self.predict_action_chunk(history)[0]  # (Ta, Da)
-            self._action_queue.extend(chunk)
-        return self._action_queue.popleft().float().cpu().numpy()
+        """One unbatched observation step -> (Da,) float32 action in robot units: the policy
+        runner in lock-step (delay 0, no safety filter) with the policy's default scheme."""
+        if getattr(self, "_runner", None) is None:
+            from policies.runner import PolicyRunner
+
+            self._runner = PolicyRunner(self)
+        return np.asarray(self._runner.tick(obs).command, dtype=np.float32)

@@ -4,7 +4,8 @@
         [--profiles host,udp] [--rounds 1]
 
 1. Control-loop period error at 10 and 50 Hz: the policy node (a tiny ACT checkpoint trained
-   here; pipelined, the default, and at 50 Hz also pipelined:=false) commanding a fake arm
+   here, run by the policy runner: inference_delay -1, the default, and at 50 Hz also
+   inference_delay:=0, which waits within the tick for its chunk) commanding a fake arm
    whose /joint_states the benchmark publishes at 100 Hz; period error = |interval between
    command arrivals - 1/rate|. Baseline, same run, same
    measurement: a bare rclpy timer publisher at the same rate (what the machine and DDS give).
@@ -105,7 +106,7 @@ def collect(probe: Probe, topic: str, warmup_n: int, seconds: float, timeout: fl
 
 
 def control_loop(
-    checkpoint: Path, hz: float, seconds: float, logs: Path, pipelined: bool = True
+    checkpoint: Path, hz: float, seconds: float, logs: Path, inference_delay: int = -1
 ) -> dict:
     names = list(load_embodiment("sim_panda").joint_names)
     dom = fresh_domain_id()
@@ -115,7 +116,7 @@ def control_loop(
         "control_hz": hz,
         "controller": "forward",
         "max_step_delta": 1.0,
-        "pipelined": pipelined,
+        "inference_delay": inference_delay,
     }
     policy = NodeProcess("policy", dom, params, logs)
     with nodes(policy), Probe(dom) as probe:
@@ -387,7 +388,7 @@ def main() -> None:
             result[f"control_{hz:g}hz"] = control_loop(checkpoint, hz, args.period_seconds, logs)
         # the other policy mode: wait for this tick's inference (lower latency, more jitter)
         result["control_50hz_wait"] = control_loop(
-            checkpoint, 50.0, args.period_seconds, logs, pipelined=False
+            checkpoint, 50.0, args.period_seconds, logs, inference_delay=0
         )
         runs: dict[str, list[dict]] = {p: [] for p in profiles}
         for _ in range(args.rounds):

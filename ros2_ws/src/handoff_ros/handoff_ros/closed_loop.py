@@ -5,8 +5,11 @@ file (what ``ros2 launch handoff_ros policy.launch.py robot:=sim`` starts), then
 episode calls ``/sim_arm/reset`` and ``/policy/reset`` and watches ``/sim_arm/success`` until
 the task succeeds or the time limit passes. Every message crosses real DDS on loopback.
 
-Seeds: the sim arm starts on scene ``--seed`` (the warm-up, not scored) and each reset takes
-the next, so episode k (1..N) runs scene ``seed + k``; the report lists them. The nodes join
+Seeds: episode k (0..N-1) runs scene ``seed + k``, as ``handoff-eval --seed`` does (the sim arm
+warms up on ``seed - 1``, not scored, and each reset takes the next); the default is
+``handoff-eval``'s, past the checkpoint's demonstration seeds, so the two evaluate the same
+scenes. ``--scheme`` / ``--inference-delay`` set the policy node's chunk execution (the policy
+runner's, as in ``handoff-eval``); the report lists the seeds. The nodes join
 the caller's ``ROS_DOMAIN_ID`` (so ``ros2 topic echo`` in another terminal sees them); unset,
 one in 1-101 derived from the process id. The sim arm renders with EGL on a GPU machine and
 OSMesa otherwise (sim/_gl.py; ``MUJOCO_GL`` overrides).
@@ -62,35 +65,46 @@ def run_closed_loop(
     checkpoint: str | Path,
     task: str = "lift",
     episodes: int = 5,
-    seed: int = 1000,
+    seed: int | None = None,
     episode_seconds: float = EPISODE_SECONDS,
     log_dir: Path | None = None,
     progress: bool = True,
+    scheme: str = "auto",
+    inference_delay: int = -1,
 ) -> dict[str, Any]:
     """Returns {episodes, successes, success_rate, per_episode, inference_ms p50/p99, ...}.
-    Episode k (1..``episodes``) runs scene ``seed + k``; nodes join :func:`domain_id`."""
+    Episode k (0..``episodes``-1) runs scene ``seed + k`` (default: handoff-eval's unseen
+    seeds); the policy node runs ``scheme`` at ``inference_delay``; nodes join
+    :func:`domain_id`."""
     from std_msgs.msg import Bool, Float64
     from std_srvs.srv import Trigger
 
     import policies
     from handoff_ros.testing import NodeProcess, Probe, nodes
     from sim._gl import configure_gl
+    from sim.evaluate import unseen_seed, wilson_interval
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
+    if seed is None:
+        seed = unseen_seed(str(checkpoint), episodes)
     cameras = [k for k in policy.input_keys if k in policy.embodiment.camera_names]
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="handoff-ros-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     dom = domain_id()
     configure_gl()  # the node processes inherit it: EGL on a GPU machine, else OSMesa
     params = ["--params-file", str(sim_params_file())]
-    arm_overrides: dict[str, Any] = {"task": task, "seed": seed, "cameras": ",".join(cameras)}
+    arm_overrides: dict[str, Any] = {"task": task, "seed": seed - 1, "cameras": ",".join(cameras)}
     if cameras:
         cam = policy.embodiment.camera(cameras[0])
         arm_overrides |= {"image_height": cam.height, "image_width": cam.width}
     arm = NodeProcess("sim_arm", dom, arm_overrides, log_dir, extra_args=params)
-    pol = NodeProcess(
-        "policy", dom, {"checkpoint": str(checkpoint), "robot": "sim"}, log_dir, extra_args=params
-    )
+    pol_params = {
+        "checkpoint": str(checkpoint),
+        "robot": "sim",
+        "scheme": scheme,
+        "inference_delay": inference_delay,
+    }
+    pol = NodeProcess("policy", dom, pol_params, log_dir, extra_args=params)
     results = []
     with nodes(arm, pol), Probe(dom, "closed_loop") as probe:
         probe.subscribe(Bool, "/sim_arm/success")
@@ -111,7 +125,7 @@ def run_closed_loop(
             )
             results.append(
                 {
-                    "seed": seed + ep + 1,
+                    "seed": seed + ep,
                     "success": bool(won),
                     "seconds": round(time.time() - start, 2),
                 }
@@ -130,6 +144,9 @@ def run_closed_loop(
         "episodes": episodes,
         "successes": successes,
         "success_rate": successes / max(1, episodes),
+        "success_ci95": [round(v, 4) for v in wilson_interval(successes, episodes)],
+        "scheme": scheme,
+        "inference_delay": inference_delay,
         "per_episode": results,
         "inference_ms": {
             "p50": round(float(np.percentile(latency, 50)), 2),
@@ -148,10 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seed",
         type=int,
-        default=1000,
-        help="scene seed (1000): the sim arm warms up on SEED and episode k = 1..N runs "
-        "SEED+k (each /sim_arm/reset takes the next); the nodes join $ROS_DOMAIN_ID "
-        "(unset: one in 1-101)",
+        help="scene seed of episode 0; episode k runs SEED+k, as in handoff-eval (default: "
+        "handoff-eval's, past the checkpoint's demonstration seeds); the nodes join "
+        "$ROS_DOMAIN_ID (unset: one in 1-101)",
+    )
+    p.add_argument(
+        "--scheme",
+        default="auto",
+        choices=["auto", "sync", "async", "ensemble", "rtc"],
+        help="the policy node's chunk execution (default auto: the checkpoint's)",
+    )
+    p.add_argument(
+        "--inference-delay",
+        type=int,
+        default=-1,
+        help="the policy node's inference_delay in ticks (default -1: as soon as inferred)",
     )
     p.add_argument(
         "--episode-seconds",
@@ -170,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         inputs = checkpoint_inputs(args.checkpoint)
         check_output(args.out, inputs, force=args.force, what="--out")
     report = run_closed_loop(
-        args.checkpoint, args.task, args.episodes, args.seed, args.episode_seconds
+        args.checkpoint,
+        args.task,
+        args.episodes,
+        args.seed,
+        args.episode_seconds,
+        scheme=args.scheme,
+        inference_delay=args.inference_delay,
     )
     print(json.dumps(report))
     if args.out:  # written beside it, then swapped in: never a half-written file

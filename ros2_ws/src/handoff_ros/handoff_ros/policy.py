@@ -1,13 +1,15 @@
 """policy node: a checkpoint driving an arm through the safety filter.
 
-Each control tick (a timer at ``control_hz``) snapshots the newest observation and hands it to
-the inference thread. With ``pipelined`` (default) the tick sends the action inferred during
-the previous period, so commands leave exactly on the timer (one period of latency); without
-it the tick waits at most ``inference_budget`` of the period for this tick's action (lower
-latency, jitter = inference time). Either way the action (or, when inference overran, a hold)
-passes :class:`handoff_ros.safety.SafetyFilter` before it is published, and a slow chunk
-prediction shows up as held ticks (counted on /diagnostics), never as a stalled loop. Chunk
-execution -- action queue or temporal ensembling -- is the policy's own ``select_action``.
+A thin wrapper around :class:`policies.runner.PolicyRunner`, the object ``handoff-eval`` runs
+too: each control tick (a timer at ``control_hz``) hands the newest complete observation to
+the runner, which keeps the history, schedules chunk inference on its worker thread, executes
+chunks by ``scheme`` (sync, async, ensemble, rtc), passes every action through the safety
+filter (:mod:`policies.safety`) and returns the command this tick publishes. The next chunk is
+started after the command went out, so inference overlaps the arm's motion; a slow chunk shows
+up as held ticks (``held_ticks`` on /diagnostics), never as a stalled timer.
+``inference_delay`` -1 (default) uses each chunk from the first tick it is ready; d >= 1 uses it
+exactly d ticks after its observation (what ``handoff-eval --inference-delay d`` rehearses);
+0 waits at most ``inference_budget`` of a period for it within the tick.
 
 A managed (lifecycle) node: configure loads and checks the checkpoint, activate starts
 commanding, deactivate holds (``~/enable`` true/false activates/deactivates it for operators);
@@ -19,8 +21,9 @@ its aspect ratio, and a policy using privileged sim state refuses to run with ``
 
 Topics: commands on the controller topic (``forward``: Float64MultiArray, or
 ``joint_trajectory``: one point at ``time_from_start`` = one period) plus the gripper command;
-``~/inference_ms`` (Float64), ``~/obs_age_ms`` (Float64: joint-state time -> command
-publish) and ``~/predicted_chunk`` (JointTrajectory, for plotting).
+``~/inference_ms`` (Float64, per chunk), ``~/obs_age_ms`` (Float64: time of the joint state
+the command's chunk was computed from -> command publish) and ``~/predicted_chunk``
+(JointTrajectory, every chunk the runner adopts, RTC's frozen prefix included).
 
 The staleness watchdog cannot be fooled by a bad clock: a joint state's time is the earlier of
 its header stamp and its arrival, a message stamped more than ``future_stamp_tolerance_s``
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +64,8 @@ from handoff_ros.rosutil import (
     param,
     run_node,
 )
-from handoff_ros.safety import SafetyConfig, SafetyFilter
+from policies.runner import SCHEMES, PolicyRunner, RunnerConfig
+from policies.safety import SafetyConfig, SafetyFilter
 
 CONTROLLERS = ("forward", "joint_trajectory")
 
@@ -73,13 +76,20 @@ class PolicyParams:
     robot: str = param("real", "sim or real: sim starts enabled and may use privileged state")
     controller: str = param("forward", "forward (Float64MultiArray) or joint_trajectory")
     control_hz: float = param(0.0, "command rate, Hz; 0: the checkpoint spec's control_hz")
-    pipelined: bool = param(
-        True,
-        "send at each tick the action inferred during the previous period (timing as steady "
-        "as the timer, one period of latency); false: wait up to inference_budget for it",
+    scheme: str = param(
+        "auto",
+        "chunk execution: sync, async, ensemble (ACT's temporal ensembling), rtc (real-time "
+        "chunking); auto: the checkpoint's default (README, deployment)",
     )
+    inference_delay: int = param(
+        -1,
+        "control ticks from an observation to its chunk's first usable action: -1 as soon as "
+        "the worker is done; d >= 1 exactly d (as handoff-eval --inference-delay d); 0: wait "
+        "up to inference_budget within the tick",
+    )
+    execute_steps: int = param(0, "actions executed per chunk (sync/async/rtc); 0: Ta")
     inference_budget: float = param(
-        0.6, "pipelined false: fraction of a period the tick waits for inference, then holds"
+        0.6, "inference_delay 0: fraction of a period the tick waits for its chunk, then holds"
     )
     device: str = param("cpu", "torch device for inference (cpu, cuda)")
     autostart: bool = param(
@@ -139,9 +149,18 @@ class PolicyParams:
             raise ValueError(f"controller {self.controller!r}: use one of {CONTROLLERS}")
         if self.control_hz < 0:
             raise ValueError("control_hz must be >= 0 (0 = the checkpoint's rate)")
-        if not 0 < self.inference_budget < 1:
-            raise ValueError("inference_budget must be in (0, 1): a fraction of the period")
-        SafetyConfig(**self.safety_kwargs())  # validate the safety values here, with names
+        if self.scheme not in ("auto", *SCHEMES):
+            raise ValueError(f"scheme {self.scheme!r}: use auto or one of {SCHEMES}")
+        self.runner_config()  # validate the runner and safety values here, with names
+        SafetyConfig(**self.safety_kwargs())
+
+    def runner_config(self) -> RunnerConfig:
+        return RunnerConfig(
+            scheme=self.scheme,
+            delay=self.inference_delay,
+            execute_steps=self.execute_steps,
+            inference_budget=self.inference_budget,
+        )
 
     def safety_kwargs(self) -> dict[str, Any]:
         return {
@@ -192,10 +211,7 @@ class PolicyNode(LifecycleNode):
         if not ok:
             self.get_logger().error(f"activate refused: {message}")
             return TransitionCallbackReturn.FAILURE
-        if self.pending is not None:  # inferred before the pause: never sent
-            self.pending.result()
-            self.pending = None
-        self.policy.reset()  # a fresh start: no history from before the pause
+        self.runner.reset()  # a fresh start: no history or chunk from before the pause
         self.get_logger().info("active: commanding the arm")
         return TransitionCallbackReturn.SUCCESS
 
@@ -245,6 +261,14 @@ class PolicyNode(LifecycleNode):
             )
         self.dt = 1.0 / (p.control_hz or spec.control_hz)
         self.safety = SafetyFilter(spec, SafetyConfig(**p.safety_kwargs()))
+        self.runner = PolicyRunner(
+            self.policy,
+            p.runner_config(),
+            self.safety,
+            threaded=True,
+            period_s=self.dt,
+            on_chunk=[self._on_chunk],
+        )
         self.diag = Diagnostics(self, self.report)
         self.obs = LiveObservation(
             self,
@@ -259,7 +283,6 @@ class PolicyNode(LifecycleNode):
             merge_window_s=p.stale_after_s,
             future_stamp_tolerance_s=p.future_stamp_tolerance_s,
         )
-        self._spy_on_chunks()
         if p.controller == "forward":
             self.pub_arm = self.create_publisher(Float64MultiArray, p.forward_topic, 10)
         else:
@@ -275,40 +298,24 @@ class PolicyNode(LifecycleNode):
         self.create_service(SetBool, "~/enable", self.srv_enable)
         self.create_service(Trigger, "~/clear_estop", self.srv_clear_estop)
         self.create_service(Trigger, "~/reset", self.srv_reset)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.pending: Future | None = None
-        self.submit_due = False
         self.mismatch = ""
-        self.ticks = self.sent = self.overruns = self.yielded = 0
-        self.inference_ms: list[float] = []
+        self.ticks = self.sent = self.yielded = 0
+        self.obs_stamps: dict[int, float] = {}  # runner tick -> joint-state time of its obs
         self.sent_at: list[float] = []  # monotonic send times of the last commands
         self.safety.set_enabled(False)  # the gate opens on activate
         self.timer = self.create_timer(self.dt, self.tick)
         self.get_logger().info(
             f"{type(self.policy).__name__} for {spec.name} consumes {self.policy.input_keys}; "
-            f"{p.controller} at {1 / self.dt:g} Hz; inactive until activated (or ~/enable)"
+            f"{p.controller} at {1 / self.dt:g} Hz, {self.runner.scheme} chunk execution; "
+            f"inactive until activated (or ~/enable)"
         )
 
     # ---- checks ----------------------------------------------------------------------------
 
-    def _spy_on_chunks(self) -> None:
-        """Publish each chunk the policy predicts (for plotting), without changing it."""
-        for name in ("predict_full_chunk", "predict_action_chunk"):
-            original = getattr(self.policy, name, None)
-            if original is None:
-                continue
-
-            def spy(obs: Any, _original: Any = original) -> Any:
-                chunk = _original(obs)  # (B, T, Da)
-                self._publish_chunk(chunk[0].detach().float().cpu().numpy())
-                return chunk
-
-            setattr(self.policy, name, spy)
-            return
-
-    def _publish_chunk(self, chunk: np.ndarray) -> None:
-        msg = trajectory_msg(self.spec.joint_names, chunk[:, :-1], self.dt)
-        self.pub_chunk.publish(msg)
+    def _on_chunk(self, chunk: np.ndarray, tick: int, ms: float) -> None:
+        """Every chunk the runner adopts (H, Da), and its inference time: for plotting."""
+        self.pub_chunk.publish(trajectory_msg(self.spec.joint_names, chunk[:, :-1], self.dt))
+        self.pub_latency.publish(Float64(data=ms))
 
     def check_live_arm(self) -> str:
         """Empty when the live topics match the checkpoint; else what is wrong."""
@@ -339,70 +346,23 @@ class PolicyNode(LifecycleNode):
             return  # a human intervention: the teleop node commands the arm, not the policy
         if self.yielding:  # the operator let go: start afresh from where they left the arm
             self.yielding = False
-            self.safety.reanchor()
-            if self.pending is not None:  # an action from before the intervention: drop it
-                self.pending.result()
-                self.pending = None
-            self.policy.reset()
-        inferred = self._infer()
-        try:
-            action = inferred[0] if inferred is not None else self.safety.hold_target()
-            if action is None:
-                return
-            result = self.safety.filter(action, now)
-            if result.command is None:
-                return
-            self._publish(result.command)
-        finally:
-            if self.submit_due:  # pipelined: the next inference starts once the command is out
-                self.submit_due = False
-                self._submit()
-        if inferred is not None:  # how old the observation behind this command is, as it went out
-            self.pub_obs_age.publish(Float64(data=(now_sec(self) - inferred[1]) * 1e3))
-
-    def _infer(self) -> tuple[np.ndarray, float] | None:
-        """(action, stamp of the joint state it was computed from) for this tick, or None
-        (inference overran, observation incomplete, or commands cannot go out)."""
-        if self.pending is not None and not self.pending.done():
-            self.overruns += 1
-            return None
-        late = None
-        if self.pending is not None:  # the result of the previous tick's inference
-            late, self.pending = self.pending.result(), None
+            self.runner.reset()  # also re-anchors the safety filter at the measured joints
         if not self.safety.enabled or self.safety.estopped:
-            return None  # no inference while commands cannot go out
-        if late is not None and not self.p.pipelined:
-            return late  # catch up after an overrun; the next tick infers afresh
-        if self.p.pipelined:
-            # this tick sends what the previous tick computed; the next inference is started
-            # after the publish (a woken inference thread would compete with it for the GIL)
-            self.submit_due = True
-            return late
-        self._submit()
-        if self.pending is None:
-            return None
-        try:
-            result = self.pending.result(timeout=self.p.inference_budget * self.dt)
-        except TimeoutError:
-            self.overruns += 1
-            return None
-        self.pending = None
-        return result
-
-    def _submit(self) -> None:
-        """Start inference on the newest observation (if complete) in the inference thread."""
+            # no inference while commands cannot go out; a latched e-stop holds the arm
+            hold = self.safety.hold_target()
+            if hold is not None:
+                result = self.safety.filter(hold, now)
+                if result.command is not None:
+                    self._publish(result.command)
+            return
         obs, stamp = self.obs.snapshot()
         if obs is not None:
-            self.pending = self.pool.submit(self._select, obs, stamp)
-
-    def _select(self, obs: dict[str, np.ndarray], stamp: float) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        action = self.policy.select_action(obs)
-        ms = (time.perf_counter() - t0) * 1e3
-        self.inference_ms.append(ms)
-        del self.inference_ms[:-1000]
-        self.pub_latency.publish(Float64(data=ms))
-        return action, stamp
+            self.obs_stamps[self.runner.k] = stamp
+            self.obs_stamps.pop(self.runner.k - 4 * self.runner.H, None)
+        self.runner.tick(obs, now, send=self._publish)
+        source = self.obs_stamps.get(self.runner.source_tick)
+        if source is not None and self.runner.last_action_sent:
+            self.pub_obs_age.publish(Float64(data=(now_sec(self) - source) * 1e3))
 
     def _publish(self, command: np.ndarray) -> None:
         self.sent_at.append(time.monotonic())
@@ -446,20 +406,22 @@ class PolicyNode(LifecycleNode):
         return res
 
     def srv_reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
-        self.policy.reset()
+        self.runner.reset()
         res.success, res.message = True, "policy history cleared"
         return res
 
     def report(self) -> tuple[int, str, dict]:
-        ms = np.asarray(self.inference_ms or [0.0])
+        ms = np.asarray(self.runner.inference_ms or [0.0])
+        st = self.runner.stats
         values = {
             "hardware_id": self.p.checkpoint,
             "ticks": self.ticks,
             "commands_sent": self.sent,
-            "inference_overruns": self.overruns,
+            "scheme": self.runner.scheme,
+            "inference_delay_ticks": self.runner.expected_delay,
+            "held_ticks": st.held,
+            "chunk_boundary_jump_rad": round(st.boundary_jump, 4),
+            "chunk_inside_jump_rad": round(st.inchunk_jump, 4),
             "yielded_to_operator": self.yielded,
             "inference_ms_p50": round(float(np.percentile(ms, 50)), 2),
             "inference_ms_p99": round(float(np.percentile(ms, 99)), 2),
@@ -493,7 +455,7 @@ class PolicyNode(LifecycleNode):
 
     def close(self) -> None:
         if self.configured:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.runner.close()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -44,8 +44,8 @@ from handoff_ros.rosutil import (
     param,
     run_node,
 )
-from handoff_ros.safety import SafetyConfig, SafetyFilter
 from handoff_ros.teleop_devices import JoyMapping, Keyboard, SpaceMouse, TeleopInput
+from policies.safety import SafetyConfig, SafetyFilter
 
 DEVICES = ("joy", "keyboard", "spacemouse", "leader")
 
