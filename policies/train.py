@@ -2,6 +2,7 @@
 
     handoff-train --policy diffusion --data /tmp/lift.zarr --task lift --out runs/lift_dp
     handoff-train --out runs/lift_dp --resume --steps 20000     # continue exactly
+    handoff-train --distill-from runs/lift_dp --data /tmp/lift.zarr --out runs/lift_cp
     accelerate launch -m policies.train --policy diffusion --recipe gpu ...   # several GPUs
 
 Settings come, later winning, from: the policy's config defaults, the recipe
@@ -98,6 +99,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override a recipe value, e.g. --set policy.horizon=32 --set train.lr=3e-4",
+    )
+    p.add_argument(
+        "--distill-from",
+        metavar="TEACHER",
+        help="consistency distillation (policies/diffusion/distill.py): train a 1-2 step "
+        "student of this diffusion checkpoint or run, starting from its weights and keeping "
+        "its normaliser, robot and inputs; the student samples with inference_scheduler "
+        "consistency (default recipe: distill_cpu; --policy may be omitted)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument(
@@ -214,10 +223,10 @@ def apply_resume_changes(args: argparse.Namespace, run: dict[str, Any], saved: P
             differ.append(f"{section}.{key}={value} (run: {have})")
     if args.batch_size is not None and not _same(args.batch_size, run["train"]["batch_size"]):
         differ.append(f"--batch-size {args.batch_size} (run: {run['train']['batch_size']})")
-    for flag in ("policy", "data", "task", "embodiment"):
+    for flag in ("policy", "data", "task", "embodiment", "distill_from"):
         given = getattr(args, flag)
         if given is not None and not _same_path_or_value(given, run.get(flag)):
-            differ.append(f"--{flag} {given} (run: {run.get(flag)})")
+            differ.append(f"--{flag.replace('_', '-')} {given} (run: {run.get(flag)})")
     if args.privileged and not run["policy_config"].get("privileged"):
         differ.append("--privileged (run: without)")
     if args.recipe and _resolved(recipe_path(run["policy"], args.recipe)) != _resolved(
@@ -310,6 +319,12 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         return run, out
     from policies.registry import get_policy_class
 
+    teacher = None
+    if args.distill_from:
+        from policies.diffusion.distill import teacher_settings
+
+        teacher = teacher_settings(args.distill_from, args.policy)
+        args.policy = "diffusion"
     if not args.policy or not args.data:
         raise UserError("--policy and --data are required (or --resume an existing --out)")
     check_output(out, [args.data], what="run directory")  # never the store's folder; writable
@@ -318,9 +333,13 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     get_policy_class(args.policy)  # unknown names fail here with the list
     device = resolve_device(args.device)
     family = args.recipe or ("gpu" if device == "cuda" else "cpu")
+    if teacher is not None and not args.recipe:
+        family = "distill_cpu"  # the bundled distillation recipe (its settings are the run's)
     if family in ("cpu", "gpu"):
         family = default_recipe(args.policy, family, bool(store_cameras(args)))
     recipe = load_recipe(args.policy, family)
+    if teacher is not None:  # the teacher's network and inputs; the recipe's consistency keys
+        recipe["policy"] = {**teacher, **recipe["policy"]}
     if args.privileged:
         recipe["policy"]["privileged"] = True
     apply_sets(recipe, args.set)
@@ -341,6 +360,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "policy_config": recipe["policy"],
         "train": recipe["train"],
     }
+    if teacher is not None:
+        run["distill_from"] = str(args.distill_from)
     return run, out
 
 
@@ -398,8 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         check_same_store(run, fingerprint, args.allow_data_change)
     run["data_fingerprint"] = fingerprint
+    teacher = None
+    if run.get("distill_from"):  # the student keeps the teacher's robot and normaliser
+        from policies.diffusion.distill import ConsistencyDistillation, init_student, load_teacher
+
+        teacher = load_teacher(run["distill_from"], store)
     spec = store_embodiment(
-        store, load_embodiment(run["embodiment"]) if run["embodiment"] else None
+        store,
+        teacher.embodiment
+        if teacher
+        else (load_embodiment(run["embodiment"]) if run["embodiment"] else None),
     )
     config = resolve_inputs(store, config, spec)
     episodes = training_episodes(store, train_cfg.successful_only)
@@ -409,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = train_cfg.replace(eval_seed=eval_seed)
     if args.resume:
         normalizer = load_normalizer(out / "last", config, spec)
+    elif teacher:
+        normalizer = teacher.normalizer
     else:
         normalizer = build_normalizer(store, config, spec, episodes)
     dataset = SequenceDataset(
@@ -420,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     set_seed(train_cfg.seed)
     policy = cls(config, spec, normalizer)
+    if teacher:
+        init_student(policy, teacher)
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
     # built before anything is written: a refusal (too few samples for a batch) leaves nothing
     meta = {
@@ -437,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         device=resolve_device(args.device),
         task=run["task"],
         run_meta=meta,
+        objective=ConsistencyDistillation(teacher) if teacher else None,
     )
     replaced = None if args.resume else set_aside(out)  # --force: kept until this run is done
     out.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,12 @@ class Trainer:
         device: str = "auto",
         task: str | None = None,
         run_meta: dict[str, Any] | None = None,
+        objective: Any = None,
     ) -> None:
+        """``objective``: a training objective other than the policy's own loss, e.g.
+        policies/diffusion/distill.py's ConsistencyDistillation: attached to the policy (whose
+        forward then returns its loss), stepped after each optimizer step, its
+        ``state_module`` saved with the training state."""
         from accelerate import Accelerator
 
         if device == "cuda" and not torch.cuda.is_available():
@@ -285,6 +290,9 @@ class Trainer:
             policy, optimizer, loader, scheduler
         )
         self.ema = EMA(policy, config.ema_power, config.ema_max_decay) if config.ema else None
+        self.objective = objective
+        if objective is not None:  # after the EMA copy: the copy holds no objective
+            objective.attach(policy)
         self.step = 0
         self.best_success = -1.0
         self.history: list[dict[str, Any]] = []
@@ -331,6 +339,12 @@ class Trainer:
                 k: v.detach().cpu().contiguous() for k, v in self.ema.model.state_dict().items()
             }
             save_file(ema_sd, str(tmp / "train_state" / "ema.safetensors"))
+        if self.objective is not None:
+            from safetensors.torch import save_file
+
+            sd = self.objective.state_module.state_dict()
+            sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+            save_file(sd, str(tmp / "train_state" / "objective.safetensors"))
         replace_dir(tmp, last)
         return last
 
@@ -343,6 +357,9 @@ class Trainer:
         if self.ema:
             f = checked_file(state_dir.parent, "train_state/ema.safetensors")
             load_weights(self.ema.model, f, "the run's config.json")
+        if self.objective is not None:
+            f = checked_file(state_dir.parent, "train_state/objective.safetensors")
+            load_weights(self.objective.state_module, f, "the run's config.json")
         self.step = int(doc["step"])
         self.best_success = float(doc.get("best_success", -1.0))
         self.history = list(doc.get("history", []))
@@ -454,6 +471,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema:
                     self.ema.update(acc.unwrap_model(self.model), self.step)
+                if self.objective is not None:  # e.g. the consistency target network
+                    self.objective.after_step(acc.unwrap_model(self.model), self.step)
                 self.step += 1
                 last_loss = float(loss.detach())
                 loss_sum, loss_n = loss_sum + last_loss, loss_n + 1

@@ -94,6 +94,33 @@ def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, check
         assert policy.alive()
 
 
+def test_policy_node_runs_the_runner_scheme_and_delay_it_is_given(sim, checkpoint):
+    """Real-time chunking with each chunk used exactly 3 ticks after its observation: the
+    commands keep the control rate (holds until the first chunk), /diagnostics reports the
+    runner's scheme, delay, held ticks and seam jumps, every chunk is published."""
+    dom, arm, probe, logs = sim
+    probe.subscribe(Float64MultiArray, FORWARD)
+    probe.subscribe(DiagnosticArray, "/diagnostics")
+    probe.subscribe(JointTrajectory, "/policy/predicted_chunk")
+    params = {"checkpoint": str(checkpoint), "robot": "sim", "scheme": "rtc"}
+    policy = NodeProcess("policy", dom, params | {"inference_delay": 3}, logs)
+    with nodes(policy):
+        assert probe.spin_until(lambda: len(probe.msgs[FORWARD]) >= 40, 90), policy.log()
+        period = np.diff(stamps(probe.msgs[FORWARD][-30:]))
+        assert abs(np.median(period) - 0.05) < 0.01, period
+        has = lambda: "held_ticks" in probe.diagnostic_values("/policy")  # noqa: E731
+        assert probe.spin_until(has, 5), probe.diagnostic_values("/policy")
+        values = probe.diagnostic_values("/policy")
+        assert values["scheme"] == "rtc" and values["inference_delay_ticks"] == "3"
+        assert int(values["held_ticks"]) >= 3  # the first chunk is usable at tick 3
+        assert float(values["chunk_boundary_jump_rad"]) >= 0
+        # one chunk per execute_steps (horizon 8 // 2 = 4 actions): ~5 per second at 20 Hz
+        assert len(probe.msgs["/policy/predicted_chunk"]) >= 5
+    bad = NodeProcess("policy", dom, params | {"scheme": "fastest"}, logs)
+    assert bad.proc.wait(timeout=60) == 2  # a parameter mistake: one error line, exit 2
+    assert "error:" in bad.log() and "scheme 'fastest'" in bad.log()
+
+
 def test_real_arm_policy_waits_for_enable_and_latches_the_estop(sim, checkpoint):
     dom, arm, probe, logs = sim
     probe.subscribe(JointTrajectory, TRAJECTORY)

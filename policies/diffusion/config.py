@@ -9,7 +9,8 @@ from data.errors import UserError
 from policies.common.config import PolicyConfig
 
 DENOISERS = ("unet", "transformer")
-INFERENCE_SCHEDULERS = ("ddim", "dpmsolver", "ddpm")
+INFERENCE_SCHEDULERS = ("ddim", "dpmsolver", "ddpm", "consistency")
+CONSISTENCY_LOSSES = ("pseudo_huber", "l2")
 PREDICTION_TYPES = ("epsilon", "sample")
 
 
@@ -30,6 +31,8 @@ class DiffusionConfig(PolicyConfig):
         "p_drop_attn": (0.0, 1.0),
         "num_train_timesteps": (1, 100_000),  # the schedulers hold a few arrays of this length
         "num_inference_steps": (1, 100_000),
+        "consistency_boundaries": (2, 100_000),
+        "consistency_target_decay": (0.0, 1.0),
     }
 
     n_obs_steps: int = 2  # To = 2, paper Table 12
@@ -58,6 +61,18 @@ class DiffusionConfig(PolicyConfig):
     inference_scheduler: str = "ddim"
     num_inference_steps: int = 10  # DDIM with 10 steps: paper sec. 4.3 (0.1 s on a 3080)
 
+    # Consistency distillation (policies/diffusion/distill.py; Song et al. 2023, "Consistency
+    # Models"). A student distilled with ``handoff-train --distill-from`` samples with
+    # inference_scheduler "consistency" in num_inference_steps (1, or 2 for multistep sampling).
+    # N: boundaries 0 = t_0 < ... < t_{N-1} = num_train_timesteps - 1 the teacher's ODE is
+    # discretised on (evenly spaced). 18: the CM paper's best N for distillation (CIFAR-10 CD,
+    # sec. 6.1, Fig. 3); multistep sampling re-noises at these boundaries.
+    consistency_boundaries: int = 18
+    consistency_target_decay: float = 0.95  # mu of the target network, CM paper (CD, Table 3)
+    # Pseudo-Huber with c = 0.00054 * sqrt(d): Song & Dhariwal 2023 ("Improved Techniques for
+    # Training Consistency Models", sec. 3.3); "l2": the CM paper's squared distance.
+    consistency_loss: str = "pseudo_huber"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
@@ -77,6 +92,26 @@ class DiffusionConfig(PolicyConfig):
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise UserError(
                 "diffusion config: num_inference_steps must be in [1, num_train_timesteps]"
+            )
+        if self.consistency_boundaries > self.num_train_timesteps:
+            raise UserError(
+                f"diffusion config: consistency_boundaries ({self.consistency_boundaries}) must "
+                f"be <= num_train_timesteps ({self.num_train_timesteps})"
+            )
+        if self.consistency_loss not in CONSISTENCY_LOSSES:
+            raise UserError(
+                f"diffusion config: consistency_loss must be one of {CONSISTENCY_LOSSES}"
+            )
+        if self.consistency_target_decay >= 1.0:
+            raise UserError("diffusion config: consistency_target_decay must be < 1 (1 freezes it)")
+        if (
+            self.inference_scheduler == "consistency"
+            and self.num_inference_steps > self.consistency_boundaries - 1
+        ):
+            raise UserError(
+                f"diffusion config: a consistency sampler takes 1 to consistency_boundaries - 1 "
+                f"({self.consistency_boundaries - 1}) steps, got num_inference_steps "
+                f"{self.num_inference_steps}; set num_inference_steps to 1 or 2"
             )
         if self.kernel_size % 2 == 0:
             raise UserError("diffusion config: kernel_size must be odd (same-length convs)")

@@ -26,7 +26,7 @@ def make_scheduler(config: DiffusionConfig, kind: str) -> Any:
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
     )
-    if kind == "ddpm":
+    if kind in ("ddpm", "consistency"):  # consistency: re-noises with the training process
         return DDPMScheduler(**common, clip_sample=True, variance_type="fixed_small")
     if kind == "ddim":
         # set_alpha_to_one / steps_offset as diffusion_policy's DDIM configs
@@ -43,10 +43,48 @@ def make_scheduler(config: DiffusionConfig, kind: str) -> Any:
     )
 
 
+# The consistency function's boundary parameterisation (Song et al. 2023, sec. 3) as Latent
+# Consistency Models (Luo et al. 2023) apply it to a discrete-time DDPM teacher whose network
+# predicts the clean sample: f(x_t, t) = c_skip(t) x_t + c_out(t) x0(x_t, t), with
+# c_skip = sd^2 / ((s t)^2 + sd^2), c_out = s t / sqrt((s t)^2 + sd^2) for the timestep index t,
+# so f(x, 0) = x exactly and f keeps the teacher's clean-sample prediction everywhere else.
+SIGMA_DATA = 0.5  # sd: CM paper / EDM (Karras et al. 2022), LCM's default
+# s: LCM's timestep_scaling (diffusers LCMScheduler). c_skip(1) = 0.0025: the boundary
+# condition acts at t = 0 and the student starts as the teacher's one-step estimate.
+TIMESTEP_SCALING = 10.0
+
+
+def consistency_timesteps(config: DiffusionConfig) -> torch.Tensor:
+    """(N,) int64 boundaries 0 = t_0 < ... < t_{N-1} = T - 1 (N = consistency_boundaries,
+    evenly spaced over the training timesteps) the consistency function is distilled on."""
+    T, N = config.num_train_timesteps, config.consistency_boundaries
+    return torch.linspace(0, T - 1, N, dtype=torch.float64).round().long()
+
+
+def consistency_sampling_timesteps(config: DiffusionConfig) -> list[int]:
+    """The k = num_inference_steps boundaries multistep sampling evaluates f at, from T - 1
+    down, evenly strided over the N boundaries (k = 2 with N = 18: [99, 52] of 100); as the
+    diffusers LCMScheduler picks its timesteps from the distillation schedule."""
+    bounds = consistency_timesteps(config).tolist()
+    N, k = len(bounds), config.num_inference_steps
+    return [bounds[N - 1 - (i * (N - 1)) // k] for i in range(k)]
+
+
+def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) timesteps -> c_skip, c_out (B, 1, 1): 1 and 0 at t = 0."""
+    st = TIMESTEP_SCALING * t.float()
+    c_skip = SIGMA_DATA**2 / (st**2 + SIGMA_DATA**2)
+    c_out = st / (st**2 + SIGMA_DATA**2).sqrt()
+    return c_skip.view(-1, 1, 1), c_out.view(-1, 1, 1)
+
+
 @register_policy("diffusion")
 class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
     config: DiffusionConfig
+    # Set by the trainer while distilling (policies/diffusion/distill.py): forward() then
+    # returns the consistency-distillation loss. A plain attribute, never saved.
+    objective: Any = None
 
     def __init__(self, config: DiffusionConfig, embodiment: Embodiment, normalizer: Normalizer):
         super().__init__(config, embodiment, normalizer)
@@ -78,7 +116,7 @@ class DiffusionPolicy(Policy):
         self.set_inference(config.inference_scheduler, config.num_inference_steps)
 
     def set_inference(self, scheduler: str, num_steps: int) -> None:
-        """Switch the sampler (ddim | dpmsolver | ddpm) and its step count."""
+        """Switch the sampler (ddim | dpmsolver | ddpm | consistency) and its step count."""
         self.config = self.config.replace(
             inference_scheduler=scheduler, num_inference_steps=num_steps
         )
@@ -96,7 +134,29 @@ class DiffusionPolicy(Policy):
             return self.denoiser(noisy, t, cond.flatten(1))
         return self.denoiser(noisy, t, cond)
 
+    def clean_estimate(
+        self, sample: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """x0 (B, Tp, Da) normalised from the network at (sample (B, Tp, Da), t (B,) int64).
+        From an epsilon prediction it is clipped to [-1, 1] as the samplers' clip_sample does:
+        under the squared-cosine schedule 1 / sqrt(alpha) reaches ~2000 at t = T - 1."""
+        pred = self._denoise(sample, t, cond)
+        if self.config.prediction_type == "sample":
+            return pred
+        a = self.train_scheduler.alphas_cumprod.to(sample.device)[t].view(-1, 1, 1)
+        return ((sample - (1 - a).sqrt() * pred) / a.sqrt()).clamp(-1, 1)
+
+    def consistency_fn(
+        self, sample: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """f(x_t, t) = c_skip(t) x_t + c_out(t) x0(x_t, t): (B, Tp, Da) normalised, t (B,)
+        int64; f(x, 0) = x (see :func:`boundary_scalings`)."""
+        c_skip, c_out = boundary_scalings(t)
+        return c_skip * sample + c_out * self.clean_estimate(sample, t, cond)
+
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.objective is not None:  # inside forward: DDP hooks see the student's pass
+            return self.objective.loss(self, batch)
         cond = self._condition(batch["obs"])
         actions = self.normalizer.normalize(ACTION_KEY, batch["action"].float())  # (B, Tp, Da)
         noise = torch.randn_like(actions)
@@ -128,7 +188,8 @@ class DiffusionPolicy(Policy):
         estimate x0, the first n actions become w * target + (1 - w) * x0 before the step
         moves on, so the rest of the chunk is denoised consistent with them. (The paper guides
         with a vector-Jacobian product, pseudo-inverse guidance; replacing x0 costs no extra
-        network pass, which matters at 10-20 ms per pass on a CPU.)"""
+        network pass, which matters at 10-20 ms per pass on a CPU.) A consistency student
+        (``inference_scheduler: consistency``) blends its 1-2 clean estimates the same way."""
         cond = self._condition(obs)
         B = cond.shape[0]
         c = self.config
@@ -138,6 +199,10 @@ class DiffusionPolicy(Policy):
             target = self.normalizer.normalize(ACTION_KEY, guide[0].float())
             n = min(len(target), c.horizon - start)
             target, w = target[:n], guide[1][:n].float()[:, None]
+        if c.inference_scheduler == "consistency":
+            g = (target, w, start, n) if guide is not None else None
+            sample = self._consistency_sample(sample, cond, g)
+            return self.normalizer.unnormalize(ACTION_KEY, sample)[:, start:]  # (B, H, Da)
         self.sampler.set_timesteps(c.num_inference_steps)
         alphas = self.sampler.alphas_cumprod.to(cond.device)
         for t in self.sampler.timesteps:
@@ -159,3 +224,26 @@ class DiffusionPolicy(Policy):
                 )
             sample = self.sampler.step(pred, t, sample).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)[:, start:]  # (B, H, Da)
+
+    def _consistency_sample(
+        self, noise: torch.Tensor, cond: torch.Tensor, guide: tuple | None
+    ) -> torch.Tensor:
+        """Multistep consistency sampling (Song et al. 2023, Algorithm 1, in the DDPM's
+        variance-preserving form): x0 = f(x_T, T); before each further step, re-noise x0 to
+        the next timestep tau, x_tau = sqrt(a_tau) x0 + sqrt(1 - a_tau) z, and apply f again.
+        ``noise`` (B, Tp, Da) is x_T; returns the normalised clean chunk (B, Tp, Da).
+        ``guide`` = (targets (n, Da) normalised, weights (n, 1), start, n): after every clean
+        estimate the n actions from ``start`` are blended as on the DDIM path."""
+        B = noise.shape[0]
+        alphas = self.sampler.alphas_cumprod.to(noise.device)
+        x, x0 = noise, noise
+        for i, t in enumerate(consistency_sampling_timesteps(self.config)):
+            if i:
+                a = alphas[t]
+                x = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
+            step = torch.full((B,), t, device=noise.device, dtype=torch.long)
+            x0 = self.consistency_fn(x, step, cond).clamp(-1, 1)  # as DDIM's clip_sample
+            if guide is not None:
+                target, w, start, n = guide
+                x0[:, start : start + n] = w * target + (1 - w) * x0[:, start : start + n]
+        return x0

@@ -34,7 +34,7 @@ from data.errors import UserError, cli_main
 from data.outputs import check_output, publish, staging_dir
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
-EPISODE_SECONDS = 20.0  # wall-clock limit per episode (lift: ~200 steps at 20 Hz = 10 s)
+EPISODE_SECONDS = 20.0  # wall-clock safety net per episode (lift: 200 steps at 20 Hz = 10 s)
 
 
 def sim_params_file() -> Path:
@@ -71,11 +71,15 @@ def run_closed_loop(
     progress: bool = True,
     scheme: str = "auto",
     inference_delay: int = -1,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Returns {episodes, successes, success_rate, per_episode, inference_ms p50/p99, ...}.
     Episode k (0..``episodes``-1) runs scene ``seed + k`` (default: handoff-eval's unseen
     seeds); the policy node runs ``scheme`` at ``inference_delay``; nodes join
-    :func:`domain_id`."""
+    :func:`domain_id`. An episode ends at success or after ``max_steps`` simulated steps (the
+    task's limit, as in handoff-eval; counted as the sim arm's /joint_states messages) or,
+    should the arm stall, ``episode_seconds`` of wall-clock time."""
+    from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64
     from std_srvs.srv import Trigger
 
@@ -83,10 +87,12 @@ def run_closed_loop(
     from handoff_ros.testing import NodeProcess, Probe, nodes
     from sim._gl import configure_gl
     from sim.evaluate import unseen_seed, wilson_interval
+    from sim.tasks import get_task
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
     if seed is None:
         seed = unseen_seed(str(checkpoint), episodes)
+    max_steps = max_steps or get_task(task).max_steps
     cameras = [k for k in policy.input_keys if k in policy.embodiment.camera_names]
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="handoff-ros-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +112,17 @@ def run_closed_loop(
     }
     pol = NodeProcess("policy", dom, pol_params, log_dir, extra_args=params)
     results = []
+
+    def won(start: float) -> bool:  # the sim arm reported success since ``start``
+        return any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > start)
+
+    def steps(start: float) -> int:  # simulated steps since ``start`` (one joint state each)
+        return sum(t > start for t, _ in probe.msgs["/joint_states"])
+
     with nodes(arm, pol), Probe(dom, "closed_loop") as probe:
         probe.subscribe(Bool, "/sim_arm/success")
         probe.subscribe(Float64, "/policy/inference_ms")
+        probe.subscribe(JointState, "/joint_states")
         if not probe.spin_until(lambda: len(probe.msgs["/policy/inference_ms"]) > 3, 120):
             raise RuntimeError(
                 f"the policy node sent no commands within 120 s; logs: "
@@ -119,21 +133,20 @@ def run_closed_loop(
             probe.call(Trigger, "/policy/reset", Trigger.Request())
             start = time.time()
             probe.msgs["/sim_arm/success"].clear()
-            won = probe.spin_until(
-                lambda s=start: any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > s),
-                episode_seconds,
-            )
+            probe.msgs["/joint_states"].clear()
+            probe.spin_until(lambda s=start: won(s) or steps(s) >= max_steps, episode_seconds)
             results.append(
                 {
                     "seed": seed + ep,
-                    "success": bool(won),
+                    "success": won(start),
+                    "steps": steps(start),
                     "seconds": round(time.time() - start, 2),
                 }
             )
             if progress:
                 print(
                     f"  ROS episode {ep + 1}/{episodes}: "
-                    f"{'success' if won else 'no success'} in {results[-1]['seconds']} s",
+                    f"{'success' if won(start) else 'no success'} in {results[-1]['steps']} steps",
                     flush=True,
                 )
         latency = np.array([m.data for _, m in probe.msgs["/policy/inference_ms"]])
@@ -145,6 +158,9 @@ def run_closed_loop(
         "successes": successes,
         "success_rate": successes / max(1, episodes),
         "success_ci95": [round(v, 4) for v in wilson_interval(successes, episodes)],
+        "mean_steps_to_success": float(np.mean([r["steps"] for r in results if r["success"]]))
+        if successes
+        else None,
         "scheme": scheme,
         "inference_delay": inference_delay,
         "per_episode": results,
@@ -185,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "--episode-seconds",
         type=float,
         default=EPISODE_SECONDS,
-        help=f"wall-clock limit per episode ({EPISODE_SECONDS:g} s)",
+        help=f"wall-clock safety net per episode ({EPISODE_SECONDS:g} s); an episode ends "
+        "after the task's step limit, as in handoff-eval",
     )
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
