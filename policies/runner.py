@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from data.errors import UserError
 from policies.safety import FilterResult, SafetyConfig, SafetyFilter
 
 SCHEMES = ("sync", "async", "ensemble", "rtc")
@@ -176,6 +177,9 @@ class PolicyRunner:
         and dropped). ``seed`` seeds torch's generator, so a sampling policy (diffusion) draws
         the same noise for the same episode whatever ran before (evaluation)."""
         self._drop_inflight()
+        reset_stream = getattr(self.policy, "reset_stream", None)
+        if reset_stream is not None:  # a streaming diffusion policy's buffer: a new episode
+            reset_stream()
         if seed is not None:
             import torch
 
@@ -406,11 +410,20 @@ def make_runner(
     delay: int = 0,
     execute_steps: int = 0,
     safety: bool | dict[str, Any] = True,
+    sampling_steps: int = 0,
     **kwargs: Any,
 ) -> PolicyRunner:
     """The ``make_runner`` hook: a simulation runner for ``policy``. ``safety``: True for the
     filter the node uses on the simulated arm (enabled, the default limits), a dict of
-    :class:`SafetyConfig` values, or False for none."""
+    :class:`SafetyConfig` values, or False for none. ``sampling_steps`` > 0 sets a sampling
+    policy's number of denoising steps (diffusion: ``set_inference``), e.g. to compare a
+    teacher at 1, 2 and 10 DDIM steps."""
+    if sampling_steps:
+        if not hasattr(policy, "set_inference"):
+            raise UserError(
+                f"--sampling-steps: a {type(policy).__name__} has no denoising steps to set"
+            )
+        policy.set_inference(policy.config.inference_scheduler, sampling_steps)
     config = RunnerConfig(scheme=scheme, delay=delay, execute_steps=execute_steps)
     filt = None
     if safety:

@@ -166,6 +166,7 @@ def evaluate_policy(
     inference_delay: int = 0,
     execute_steps: int = 0,
     safety: bool = True,
+    sampling_steps: int = 0,
     out_dir: str | Path | None = None,
     video_episodes: int = 0,
     progress: bool = True,
@@ -175,7 +176,8 @@ def evaluate_policy(
     A learned policy runs through the policy runner (policies/runner.py) as on the arm:
     ``scheme`` (sync, async, ensemble, rtc; auto: the policy's default), ``inference_delay``
     d in control steps (-1: each chunk's measured wall-clock time), ``execute_steps`` s (0: the
-    policy's Ta) and the safety filter of the simulated arm (``safety``). ``obs_latency`` /
+    policy's Ta) and the safety filter of the simulated arm (``safety``).
+    ``sampling_steps`` > 0 overrides a diffusion policy's denoising steps. ``obs_latency`` /
     ``action_latency`` add transport delays around it (observation k steps old; command
     applied k steps late).
 
@@ -195,11 +197,14 @@ def evaluate_policy(
         raise UserError("--obs-latency and --action-latency are control steps, >= 0")
     if inference_delay < -1:
         raise UserError("--inference-delay is control steps >= 0, or 'measured'")
+    if sampling_steps < 0:
+        raise UserError("--sampling-steps must be >= 0 (0: the checkpoint's own)")
     runner = {
         "scheme": scheme,
         "delay": inference_delay,
         "execute_steps": execute_steps,
         "safety": safety,
+        "sampling_steps": sampling_steps,
     }
     is_factory = callable(policy_or_factory) and not hasattr(policy_or_factory, "select_action")
     if not is_factory:
@@ -279,6 +284,7 @@ def _execution_summary(
         "scheme": stats[0]["scheme"],  # auto resolved to the policy's default
         "inference_delay": "measured" if runner["delay"] == -1 else runner["delay"],
         "safety": runner["safety"],
+        "sampling_steps": runner["sampling_steps"] or None,
         "mean_steps_to_success": float(np.mean(won)) if won else None,
         "held_ticks_per_episode": float(np.mean([s["held"] for s in stats])),
         "chunks_per_episode": float(np.mean([s["chunks"] for s in stats])),
@@ -425,6 +431,12 @@ def main(argv: list[str] | None = None) -> None:
         help="actions executed per chunk by sync/async/rtc (default 0: the checkpoint's Ta)",
     )
     p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=0,
+        help="denoising steps of a diffusion checkpoint (default 0: its own, e.g. 10 DDIM)",
+    )
+    p.add_argument(
         "--no-safety",
         action="store_true",
         help="skip the safety filter the node applies (step and velocity clamps)",
@@ -488,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         inference_delay=delay,
         execute_steps=a.execute_steps,
         safety=not a.no_safety,
+        sampling_steps=a.sampling_steps,
         out_dir=a.out,
         video_episodes=a.video_episodes if a.out else 0,
         progress=not a.no_progress,

@@ -251,3 +251,14 @@ def test_diffusion_guidance_inpaints_the_frozen_prefix():
     guided = policy.predict_chunk(history, guide=(target, w))
     np.testing.assert_allclose(guided[:3], target[:3], atol=1e-4)
     assert np.abs(guided[3:6] - target[3:6]).mean() < np.abs(free[3:6] - target[3:6]).mean()
+
+
+def test_make_runner_sets_a_diffusion_policys_sampling_steps():
+    from data.errors import UserError
+    from tests.test_policies import build
+
+    policy = build("diffusion").eval()
+    make_runner(policy, sampling_steps=2)
+    assert policy.config.num_inference_steps == 2 and policy.config.inference_scheduler == "ddim"
+    with pytest.raises(UserError, match="no denoising steps"):
+        make_runner(ChunkPolicy(), sampling_steps=2)

@@ -33,6 +33,7 @@ class DiffusionConfig(PolicyConfig):
         "num_inference_steps": (1, 100_000),
         "consistency_boundaries": (2, 100_000),
         "consistency_target_decay": (0.0, 1.0),
+        "streaming_chunk_wise_share": (0.0, 1.0),
     }
 
     n_obs_steps: int = 2  # To = 2, paper Table 12
@@ -72,6 +73,27 @@ class DiffusionConfig(PolicyConfig):
     # Pseudo-Huber with c = 0.00054 * sqrt(d): Song & Dhariwal 2023 ("Improved Techniques for
     # Training Consistency Models", sec. 3.3); "l2": the CM paper's squared distance.
     consistency_loss: str = "pseudo_huber"
+
+    # Streaming Diffusion Policy (policies/diffusion/streaming.py; Høeg, Du, Egeland 2024):
+    # an action buffer whose noise rises chunk by chunk along the horizon; every call denoises
+    # it num_inference_steps / h times (h = stream_chunks) so its first Ta actions are clean.
+    # The reference configuration (github.com/Streaming-Diffusion-Policy/
+    # streaming_diffusion_policy, train_tedi_unet_*_workspace.yaml) uses Tp = 20, To = 2,
+    # Ta = 8 (h = 2 chunks) and 16 DDIM levels (8 network passes per call).
+    streaming: bool = False
+    # The share of training batches with chunk-wise increasing noise levels; the rest get one
+    # level per sample: the reference's chunk_wise_weight 0.8 / temporally_constant_weight 0.2.
+    streaming_chunk_wise_share: float = 0.8
+
+    @property
+    def stream_chunks(self) -> int:
+        """h: complete chunks of Ta actions from the current step on, floor((Tp - To + 1) / Ta)."""
+        return (self.horizon - self.n_obs_steps + 1) // self.n_action_steps
+
+    @property
+    def stream_steps_per_call(self) -> int:
+        """Network passes per streaming call: num_inference_steps / h."""
+        return self.num_inference_steps // self.stream_chunks
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,3 +152,30 @@ class DiffusionConfig(PolicyConfig):
             )
         if self.n_emb % self.n_head:
             raise UserError("diffusion config: n_emb must be divisible by n_head")
+        if self.streaming:
+            self._check_streaming()
+
+    def _check_streaming(self) -> None:
+        if self.denoiser != "unet":
+            raise UserError(
+                "diffusion config: streaming needs denoiser unet (it takes a noise level per "
+                "action position); set denoiser: unet or streaming: false"
+            )
+        if self.inference_scheduler == "consistency":
+            raise UserError(
+                "diffusion config: streaming samples its own buffer and cannot use "
+                "inference_scheduler consistency; set inference_scheduler: ddim"
+            )
+        h = self.stream_chunks
+        if h < 2:
+            raise UserError(
+                f"diffusion config: streaming needs at least 2 chunks of n_action_steps in "
+                f"horizon - n_obs_steps + 1 ({self.horizon - self.n_obs_steps + 1}), got {h}; "
+                f"raise horizon (the reference uses 20 with n_action_steps 8)"
+            )
+        if self.num_inference_steps % h:
+            raise UserError(
+                f"diffusion config: streaming denoises num_inference_steps / {h} chunks per "
+                f"call; num_inference_steps ({self.num_inference_steps}) must be a multiple "
+                f"of {h}"
+            )

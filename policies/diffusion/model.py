@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,7 @@ from policies.common.encoder import ObsEncoder
 from policies.common.normalizer import Normalizer
 from policies.common.policy import ACTION_KEY, Policy
 from policies.diffusion.config import DiffusionConfig
+from policies.diffusion.streaming import ActionStream, add_noise, training_timesteps
 from policies.diffusion.transformer import TransformerDenoiser
 from policies.diffusion.unet import ConditionalUnet1D
 from policies.registry import register_policy
@@ -113,6 +115,12 @@ class DiffusionPolicy(Policy):
                 config.p_drop_attn,
             )
         self.train_scheduler = make_scheduler(config, "ddpm")
+        # Streaming Diffusion Policy (policies/diffusion/streaming.py): the action buffer kept
+        # between calls; not a module, never saved. Only its first Ta actions are clean, so
+        # the runner's default scheme is sync.
+        self.stream = ActionStream() if config.streaming else None
+        if config.streaming:
+            self.default_scheme = "sync"
         self.set_inference(config.inference_scheduler, config.num_inference_steps)
 
     def set_inference(self, scheduler: str, num_steps: int) -> None:
@@ -121,6 +129,31 @@ class DiffusionPolicy(Policy):
             inference_scheduler=scheduler, num_inference_steps=num_steps
         )
         self.sampler = make_scheduler(self.config, scheduler)
+        self.reset_stream()  # a streaming buffer's levels belong to the old step count
+
+    def reset_stream(self) -> None:
+        """Forget a streaming policy's action buffer: the next chunk starts a fresh one."""
+        if getattr(self, "stream", None) is not None:
+            self.stream.reset()
+
+    def reset(self) -> None:
+        """Forget the episode, a streaming policy's action buffer included."""
+        self.reset_stream()
+        super().reset()
+
+    @torch.no_grad()
+    def predict_chunk(
+        self,
+        history: list[dict[str, torch.Tensor]],
+        guide: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """As :meth:`Policy.predict_chunk`; a streaming policy also starts a fresh buffer on
+        the runner's first prediction of an episode, whose To history steps are all the same
+        first observation (the runner repeats it; with To = 1 call :meth:`reset`)."""
+        fresh = len(history) > 1 and all(h is history[0] for h in history)
+        if self.stream is not None and fresh:
+            self.reset_stream()
+        return super().predict_chunk(history, guide)
 
     def _condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """raw obs {k: (B, To, ...)} -> (B, To, F) features (the U-Net flattens them)."""
@@ -160,10 +193,14 @@ class DiffusionPolicy(Policy):
         cond = self._condition(batch["obs"])
         actions = self.normalizer.normalize(ACTION_KEY, batch["action"].float())  # (B, Tp, Da)
         noise = torch.randn_like(actions)
-        t = torch.randint(
-            0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device
-        )
-        noisy = self.train_scheduler.add_noise(actions, noise, t)
+        if self.config.streaming:  # (B, Tp): the mixed chunk-wise / constant schedule
+            t = training_timesteps(self.config, actions.shape[0], actions.device)
+            noisy = add_noise(self.train_scheduler.alphas_cumprod, actions, noise, t)
+        else:
+            t = torch.randint(
+                0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device
+            )
+            noisy = self.train_scheduler.add_noise(actions, noise, t)
         pred = self._denoise(noisy, t, cond)
         target = noise if self.config.prediction_type == "epsilon" else actions
         loss = F.mse_loss(pred, target)
@@ -189,16 +226,24 @@ class DiffusionPolicy(Policy):
         moves on, so the rest of the chunk is denoised consistent with them. (The paper guides
         with a vector-Jacobian product, pseudo-inverse guidance; replacing x0 costs no extra
         network pass, which matters at 10-20 ms per pass on a CPU.) A consistency student
-        (``inference_scheduler: consistency``) blends its 1-2 clean estimates the same way."""
+        (``inference_scheduler: consistency``) blends its 1-2 clean estimates the same way.
+
+        With ``streaming`` (policies/diffusion/streaming.py) the chunk continues the policy's
+        action buffer: num_inference_steps / h network passes, of which the first Ta actions
+        come out clean (the rest still carry noise); the guide blends as here."""
         cond = self._condition(obs)
         B = cond.shape[0]
         c = self.config
         start = c.n_obs_steps - 1  # the action at the current (last observed) step
-        sample = torch.randn(B, c.horizon, self.action_dim, device=cond.device)  # (B, Tp, Da)
         if guide is not None:
             target = self.normalizer.normalize(ACTION_KEY, guide[0].float())
             n = min(len(target), c.horizon - start)
             target, w = target[:n], guide[1][:n].float()[:, None]
+        if self.stream is not None:
+            g = (target, w, start, n) if guide is not None else None
+            buffer = self.stream.advance(self, cond, g)  # (B, Tp, Da) normalised
+            return self.normalizer.unnormalize(ACTION_KEY, buffer)[:, start:]  # (B, H, Da)
+        sample = torch.randn(B, c.horizon, self.action_dim, device=cond.device)  # (B, Tp, Da)
         if c.inference_scheduler == "consistency":
             g = (target, w, start, n) if guide is not None else None
             sample = self._consistency_sample(sample, cond, g)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -49,15 +50,32 @@ class FiLMResBlock(nn.Module):
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x: (B, C_in, T), cond: (B, cond_dim) -> (B, C_out, T)."""
+        """x: (B, C_in, T), cond: (B, cond_dim), or (B, cond_dim, Tp) per action position
+        (averaged over pairs down to this level's T) -> (B, C_out, T)."""
         h = self.block1(x)
-        scale, bias = self.film(cond)[:, :, None].chunk(2, dim=1)  # (B, C_out, 1) each
+        if cond.ndim == 3:  # per position: the same FiLM layer applied at every position
+            if cond.shape[-1] != x.shape[-1]:
+                cond = F.adaptive_avg_pool1d(cond, x.shape[-1])  # (B, cond_dim, T)
+            film = self.film(cond.transpose(1, 2)).transpose(1, 2)  # (B, 2 C_out, T)
+            scale, bias = film.chunk(2, dim=1)  # (B, C_out, T) each
+        else:
+            scale, bias = self.film(cond)[:, :, None].chunk(2, dim=1)  # (B, C_out, 1) each
         h = self.block2(h * scale + bias)
         return h + self.skip(x)
 
 
 class ConditionalUnet1D(nn.Module):
-    """(B, Tp, Da) noisy actions, (B,) step, (B, cond_dim) observation features -> (B, Tp, Da)."""
+    """(B, Tp, Da) noisy actions, step, (B, cond_dim) observation features -> (B, Tp, Da).
+
+    The diffusion step is (B,), one noise level per chunk (Diffusion Policy), or (B, Tp), one
+    per action position (Streaming Diffusion Policy's variable-noise buffer, Høeg et al. 2024).
+    Per position, each position's step goes through the same step encoder, is concatenated
+    with the observation features, and every FiLM layer maps that position's condition to its
+    own scale and bias (averaged over pairs where the U-Net has halved Tp). No parameters are
+    added: a (B, Tp) step equal at all positions gives the (B,) output up to float rounding.
+    (The SDP reference instead flattens the Tp embeddings into one global vector, which
+    changes the step encoder's shape; here existing checkpoints load unchanged.)
+    """
 
     def __init__(
         self,
@@ -111,7 +129,13 @@ class ConditionalUnet1D(nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor
     ) -> torch.Tensor:
         x = sample.transpose(1, 2)  # (B, Da, Tp)
-        cond = torch.cat([self.step_encoder(timestep), global_cond], -1)
+        if timestep.ndim == 2:  # (B, Tp): a noise level per action position
+            B, Tp = timestep.shape
+            steps = self.step_encoder(timestep.reshape(-1)).view(B, Tp, -1)  # (B, Tp, E)
+            obs = global_cond[:, None].expand(B, Tp, global_cond.shape[-1])
+            cond = torch.cat([steps, obs], -1).transpose(1, 2)  # (B, cond_dim, Tp)
+        else:
+            cond = torch.cat([self.step_encoder(timestep), global_cond], -1)  # (B, cond_dim)
         skips = []
         for res1, res2, downsample in self.down:
             x = res2(res1(x, cond), cond)
