@@ -9,6 +9,11 @@ as in diffusion_policy, so one dataset serves diffusion (To=2, Tp=16) and ACT (T
 Steps outside the episode repeat its first/last step (edge padding); ``action_is_pad`` marks
 action steps past the episode end, so a loss can ignore them.
 
+Sample weighting (``weighting``, :func:`sample_weights`) draws samples by the label of their
+current step t (data/store.py LABELS), for learning from corrections: ``uniform`` (every
+sample alike: HG-DAgger's aggregate), ``sirius`` (Sirius' class shares) and
+``interventions-only`` (only expert-driven steps).
+
 Low-dim arrays are read into memory once (they are small); image frames are decoded per batch
 straight into the batch tensors (the DataLoader's ``__getitems__`` path; pass
 ``collate_fn=SequenceDataset.collate`` so the stacked batch is used as it is).
@@ -28,10 +33,83 @@ import numpy as np
 
 from data.errors import UserError
 from data.frames import FrameIO
-from data.store import DemoStore, is_image_array
+from data.store import (
+    AUTONOMOUS,
+    DEMONSTRATION,
+    INTERVENTION,
+    LABELS,
+    PRE_INTERVENTION,
+    DemoStore,
+    is_image_array,
+)
 
 STATS_BLOCK_ROWS = 65536  # rows per streamed block when computing statistics
 IMAGE_STATS_MAX_FRAMES = 512  # image statistics come from an evenly strided subsample
+WEIGHTINGS = ("uniform", "sirius", "interventions-only")
+# Sirius (Liu et al. 2022, "Robot Learning on the Job"; official code UT-Austin-RPL/sirius,
+# robomimic/utils/dataset.py WeightedDataset._sirius_reweight): interventions take half of the
+# mass, pre-intervention steps 0.002 (the paper's sec. IV-D sets them to 0; the code keeps a
+# trace), demonstrations keep their natural share, rollouts the rest. Sirius applies these as
+# loss weights under uniform sampling; sampling with the same mass is the same objective in
+# expectation and leaves each policy's loss untouched.
+SIRIUS_INTERVENTION_SHARE = 0.5
+SIRIUS_PRE_INTERVENTION_SHARE = 0.002
+
+
+def label_masses(labels: np.ndarray, weighting: str) -> dict[int, float]:
+    """The share of the sampling mass each label present in ``labels`` (N,) gets (sums to 1).
+
+    ``uniform``: its share of the samples. ``sirius``: interventions
+    SIRIUS_INTERVENTION_SHARE, pre-intervention SIRIUS_PRE_INTERVENTION_SHARE, demonstrations
+    their natural share, autonomous steps what is left (none if demonstrations already take
+    it); absent labels give their share to the others in proportion. ``interventions-only``:
+    demonstration and intervention steps in proportion to their counts (the expert's actions:
+    HG-DAgger's aggregate, Kelly et al. 2019 Alg. 1), the policy's own steps nothing.
+    """
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+    values, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    unknown = sorted(set(values.tolist()) - set(LABELS.values()))
+    if unknown:
+        raise UserError(
+            f"step labels {unknown} are unknown (labels: {LABELS}); run handoff-data validate"
+        )
+    natural = {int(v): c / max(1, counts.sum()) for v, c in zip(values, counts)}
+    if weighting == "uniform":
+        mass = natural
+    elif weighting == "interventions-only":
+        mass = {k: v for k, v in natural.items() if k in (DEMONSTRATION, INTERVENTION)}
+    else:
+        mass = {
+            INTERVENTION: SIRIUS_INTERVENTION_SHARE,
+            PRE_INTERVENTION: SIRIUS_PRE_INTERVENTION_SHARE,
+            DEMONSTRATION: natural.get(DEMONSTRATION, 0.0),
+        }
+        mass[AUTONOMOUS] = max(0.0, 1.0 - sum(mass.values()))
+        mass = {k: v for k, v in mass.items() if k in natural}
+    total = sum(mass.values())
+    if total <= 0:
+        raise UserError(
+            f"weighting {weighting!r}: no step to sample (the data holds only "
+            f"{sorted(k for k, v in LABELS.items() if v in natural)} steps); use --weighting "
+            f"uniform or add demonstrations/corrections"
+        )
+    return {k: v / total for k, v in mass.items() if v > 0}
+
+
+def sample_weights(labels: np.ndarray, weighting: str) -> np.ndarray | None:
+    """(N,) float64 sampling probabilities of samples labelled ``labels`` (N,): each label's
+    mass (:func:`label_masses`) spread evenly over its samples. None when every sample is
+    equally likely (uniform sampling: the trainer keeps its epoch permutation)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    mass = label_masses(labels, weighting)
+    p = np.zeros(len(labels))
+    for label, m in mass.items():
+        chosen = labels == label
+        p[chosen] = m / chosen.sum()
+    if np.allclose(p, 1.0 / len(p)):
+        return None
+    return p
 
 
 class SequenceDataset:
@@ -39,6 +117,8 @@ class SequenceDataset:
 
     ``store`` is a DemoStore or a path (reopened lazily in each DataLoader worker).
     ``episodes`` restricts sampling to those episode indices (e.g. successful only).
+    ``weighting`` (WEIGHTINGS) sets ``weights``: the (N,) probability of each sample, by the
+    label of its current step t, or None for uniform sampling (:func:`sample_weights`).
     """
 
     def __init__(
@@ -49,6 +129,7 @@ class SequenceDataset:
         n_obs_steps: int = 2,
         horizon: int = 16,
         episodes: Sequence[int] | None = None,
+        weighting: str = "uniform",
     ) -> None:
         if n_obs_steps < 1 or horizon < 1:
             raise ValueError("n_obs_steps and horizon must be >= 1")
@@ -91,6 +172,10 @@ class SequenceDataset:
         self._obs_offsets = np.arange(self.To)
         self._act_offsets = np.arange(self.Tp)
         self.episodes = list(chosen)
+        steps = np.concatenate(t)
+        self.labels = s.step_labels()[steps] if len(steps) else np.zeros(0, np.uint8)  # (N,)
+        self.weighting = weighting
+        self.weights = sample_weights(self.labels, weighting)  # (N,) or None: uniform
         self._readers: dict[str, FrameIO] | None = None
         for reader in self._readers_for().values():
             reader.check(s.n_steps)  # a damaged shard is refused now, not at its first batch

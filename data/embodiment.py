@@ -102,7 +102,8 @@ class Embodiment:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError("camera names must be unique")
-        reserved = {"action", "timestamp", "intervention"} | set(names)
+        # per-step keys of the store that are not observations (data/store.py: label)
+        reserved = {"action", "timestamp", "intervention", "label"} | set(names)
         for key, shape in self.observation.items():
             if key in reserved:
                 raise ValueError(f"observation key {key!r} clashes with a camera or reserved key")

@@ -6,8 +6,24 @@ Layout (compatible with diffusion_policy's ReplayBuffer and UMI)::
       data/<key>          (N, ...) arrays concatenated over episodes along axis 0
       data/timestamp      (N,) float64 seconds since the episode start, always written
       meta/episode_ends   (E,) int64 exclusive end index of each episode  <- written last
+      data/label          (N,) uint8 where each step's action came from (LABELS), optional
       meta  attrs         {"episodes": [per-episode metadata dicts]}
       attrs               {"handoff_schema": 1, "embodiment": {...}}
+
+Per-step labels (``data/label``) say where each step came from, so learning from corrections
+(HG-DAgger, Sirius, RaC) can weight them at training time (data/dataset.py)::
+
+    0 demonstration     an operator or scripted expert drove the whole episode
+    1 autonomous        the policy drove (a rollout)
+    2 intervention      a person (teleop engaged) or the simulated corrector took over
+    3 pre_intervention  the policy's last PRE_INTERVENTION_STEPS steps before a takeover
+
+``label`` and the recorder's ``intervention`` flag are keys with a default (STEP_DEFAULTS):
+the flag says who held the arm, the label what that means for training. An episode without
+them is written with the default, and a store that predates them gains them with defaults
+for the steps it holds (``label`` derived as :meth:`DemoStore.step_labels` does), so old
+stores stay readable and appendable. Episode metadata ``source`` says where an episode came
+from (SOURCES; ``corrected``: a policy rollout with at least one takeover).
 
 Appending is atomic: arrays grow first, per-episode metadata second, ``meta/episode_ends``
 last. Every zarr file write is itself atomic (zarr's LocalStore writes to a temporary file and
@@ -58,7 +74,21 @@ IMAGE_CODEC = "blosc-lz4"
 WRITE_THREADS = 2  # frames are encoded and written in parallel (Blosc releases the GIL)
 LOWDIM_CHUNK_BYTES = 1 << 20  # ~1 MiB per low-dim chunk: long sequential reads, cheap appends
 EPISODE_META_FIELDS = ("task", "source", "success", "operator", "start_time", "seed")
-SOURCES = ("teleop", "policy", "scripted", "converted", "unknown")
+SOURCES = ("teleop", "policy", "corrected", "scripted", "converted", "unknown")
+LABEL_KEY = "label"
+DEMONSTRATION, AUTONOMOUS, INTERVENTION, PRE_INTERVENTION = 0, 1, 2, 3
+LABELS = {
+    "demonstration": DEMONSTRATION,
+    "autonomous": AUTONOMOUS,
+    "intervention": INTERVENTION,
+    "pre_intervention": PRE_INTERVENTION,
+}
+# Sirius (Liu et al. 2022, "Robot Learning on the Job") relabels the 15 steps before each
+# takeover as pre-intervention (robomimic/exps/sirius/sirius.json: fixed_preintv_length 15;
+# PreintvRelabeledDataset stops at an earlier intervention step): 0.75 s at 20 Hz.
+PRE_INTERVENTION_STEPS = 15
+# keys with a default: (dtype, default); see the module docstring
+STEP_DEFAULTS = {LABEL_KEY: (np.uint8, DEMONSTRATION), "intervention": (np.bool_, False)}
 # First scene seed of an evaluation. Collection counts seeds up from 0, so evaluations start
 # far above them; ``DemoStore.first_seed_after`` moves past a store that reaches this high.
 EVAL_SEED = 100_000
@@ -166,6 +196,32 @@ def _chunk_coords(key: str, prefix: str, sep: str, ndim: int) -> tuple[int, ...]
     if len(parts) != ndim or not all(p.isdigit() for p in parts):
         return None
     return tuple(map(int, parts))
+
+
+def label_rollout(intervention: np.ndarray, pre_steps: int = PRE_INTERVENTION_STEPS) -> np.ndarray:
+    """Labels of one policy rollout from its (T,) takeover flag -> (T,) uint8.
+
+    Flagged steps are INTERVENTION, the rest AUTONOMOUS, except the ``pre_steps`` steps before
+    each takeover, which are PRE_INTERVENTION (stopping at an earlier intervention step, as
+    Sirius' relabelling does).
+    """
+    flag = np.asarray(intervention, dtype=bool).reshape(-1)
+    labels = np.where(flag, INTERVENTION, AUTONOMOUS).astype(np.uint8)
+    starts = np.flatnonzero(flag & ~np.concatenate([[False], flag[:-1]]))
+    for s in starts:
+        for j in range(s - 1, max(-1, s - 1 - pre_steps), -1):
+            if flag[j]:
+                break
+            labels[j] = PRE_INTERVENTION
+    return labels
+
+
+def label_names(labels: np.ndarray) -> dict[str, int]:
+    """Steps per label name, e.g. {"autonomous": 180, "intervention": 40}; unknown values
+    are counted under their number."""
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    names = {v: k for k, v in LABELS.items()}
+    return {names.get(int(v), str(int(v))): int(c) for v, c in zip(values, counts)}
 
 
 class DemoStore:
@@ -582,6 +638,28 @@ class DemoStore:
                 out.append(i)
         return out
 
+    def episode_labels(self, i: int) -> np.ndarray:
+        """(T,) uint8 labels of episode ``i`` (LABELS): ``data/label`` where the store has it;
+        else derived: a ``policy``/``corrected`` episode from its ``intervention`` flag
+        (:func:`label_rollout`; all AUTONOMOUS without one), any other as DEMONSTRATION (a
+        teleop demonstration holds the flag up throughout: it is not a correction)."""
+        sl = self.episode_slice(i)
+        if LABEL_KEY in self.data:
+            return self.read(LABEL_KEY, sl.start, sl.stop).astype(np.uint8)
+        T = sl.stop - sl.start
+        if self.episode_meta(i).get("source") not in ("policy", "corrected"):
+            return np.full(T, DEMONSTRATION, np.uint8)
+        if "intervention" in self.data:
+            return label_rollout(self.read("intervention", sl.start, sl.stop))
+        return np.full(T, AUTONOMOUS, np.uint8)
+
+    def step_labels(self) -> np.ndarray:
+        """(n_steps,) uint8 labels of every committed step (see :meth:`episode_labels`)."""
+        if LABEL_KEY in self.data:
+            return self.read(LABEL_KEY).astype(np.uint8)
+        parts = [self.episode_labels(i) for i in range(self.n_episodes)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
     def seeds(self) -> set[int]:
         """The scene seeds of the stored episodes (those whose metadata records one)."""
         return {m["seed"] for m in self._episode_meta if isinstance(m.get("seed"), int)}
@@ -610,12 +688,22 @@ class DemoStore:
                     f"the new episode has {sample.dtype}{list(sample.shape[1:])}"
                 )
             return arr
-        if self.n_steps:
+        if self.n_steps and key not in STEP_DEFAULTS:
             raise UserError(
                 f"{self.path}: key {key!r} is new; every episode must have the "
                 f"same keys ({sorted(data)})"
             )
+        fill = None
+        if self.n_steps:  # a key with a default, new to this store: its steps get the default
+            dtype, default = STEP_DEFAULTS[key]
+            fill = (
+                self.step_labels()
+                if key == LABEL_KEY
+                else np.full((self.n_steps, *sample.shape[1:]), default, dtype)
+            )
         arr = self._create_array(key, sample)
+        if fill is not None:
+            arr.append(fill.astype(sample.dtype), axis=0)
         self._arrays[key] = arr
         return arr
 
@@ -653,8 +741,8 @@ class DemoStore:
         if len(set(lengths.values())) != 1:
             raise UserError(f"episode arrays have unequal lengths: {lengths}")
         if self.n_steps:
-            expected = set(self.data)
-            if set(episode) != expected:
+            expected = set(self.data) - set(STEP_DEFAULTS)  # those are filled in or added
+            if set(episode) - set(STEP_DEFAULTS) != expected:
                 raise UserError(
                     f"{self.path}: episode keys {sorted(episode)} differ from the store's "
                     f"{sorted(expected)}"
@@ -782,9 +870,13 @@ class EpisodeWriter:
         if self._closed:
             raise RuntimeError("episode writer already committed or discarded")
         steps = {k: _storage_dtype(k, np.asarray(v)) for k, v in steps.items()}
-        if "timestamp" not in steps and steps:
+        if steps:
             T = len(next(iter(steps.values())))
-            steps["timestamp"] = np.arange(self.n_steps, self.n_steps + T) / self._hz
+            if "timestamp" not in steps:
+                steps["timestamp"] = np.arange(self.n_steps, self.n_steps + T) / self._hz
+            for key, (dtype, default) in STEP_DEFAULTS.items():
+                if key in self.store.data and key not in steps:  # e.g. a demonstration
+                    steps[key] = np.full(T, default, dtype)
         T = self.store._check_keys(steps) if steps else 0
         if self._buffer and set(steps) != set(self._buffer):
             raise UserError(
@@ -862,7 +954,11 @@ def _read_rows(path: str, label: str, arr: zarr.Array, start: int, stop: int) ->
 
 
 def _storage_dtype(key: str, v: np.ndarray) -> np.ndarray:
-    """Low-dim floats are stored as float32; timestamps keep float64 (seconds since epoch)."""
+    """Low-dim floats are stored as float32; timestamps keep float64 (seconds since epoch);
+    integer labels are stored as uint8."""
+    fits = key == LABEL_KEY and v.dtype.kind in "iu" and v.dtype != np.uint8
+    if fits and (not v.size or 0 <= v.min() <= v.max() <= 255):  # else refused, not wrapped
+        return v.astype(np.uint8)
     if v.dtype == np.float64 and key != "timestamp":
         return v.astype(np.float32)
     return v

@@ -5,7 +5,8 @@ What is a problem and what is a note:
 - Problems (``handoff-data validate`` exits 1): a data array whose committed steps need a
   chunk the store does not hold, where every chunk must be stored; a chunk that does not
   decode; a shard index whose CRC32C does not match; NaN/inf in float arrays; timestamps
-  that do not increase; shapes that differ from the embodiment spec.
+  that do not increase; shapes that differ from the embodiment spec; a ``data/label`` that is
+  not one (N,) uint8 value of data.store.LABELS per step.
 - Notes (printed as ``note: ...``, exit 0): what an interrupted write left past the last
   committed episode (the store is intact; the next write drops it, see data/store.py), and a
   missing chunk in an array that cannot say whether zarr left it out on purpose.
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from data.errors import UserError
 from data.frames import FrameIO
-from data.store import DemoStore, is_image_array
+from data.store import LABEL_KEY, LABELS, DemoStore, is_image_array
 
 BLOCK_ROWS = 65536
 
@@ -58,6 +59,8 @@ def check_store(store: DemoStore, progress: bool = True) -> tuple[list[str], lis
             sl = store.episode_slice(e)
             if np.any(np.diff(ts[sl]) <= 0):
                 problems.append(f"{where}: data/timestamp is not increasing in episode {e}")
+    if LABEL_KEY in data and LABEL_KEY not in incomplete:
+        problems += _check_labels(store)
     spec = store.embodiment
     bar = tqdm(
         total=n * sum(int(np.prod(a.shape[1:])) for a in data.values()) or 1,
@@ -93,6 +96,28 @@ def check_store(store: DemoStore, progress: bool = True) -> tuple[list[str], lis
 def validate_store(store: DemoStore, progress: bool = True) -> list[str]:
     """Return a list of problems (empty when the store is sound); notes are left out."""
     return check_store(store, progress)[0]
+
+
+def _check_labels(store: DemoStore) -> list[str]:
+    """``data/label`` holds one known label (data.store.LABELS) per step, as uint8."""
+    arr = store.data[LABEL_KEY]
+    known = f"{', '.join(f'{v} {k}' for k, v in LABELS.items())}"
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        return [
+            f"{store.path}: data/{LABEL_KEY} is {arr.dtype}{list(arr.shape[1:])} per step; "
+            f"labels are one uint8 per step ({known})"
+        ]
+    try:
+        labels = store.read(LABEL_KEY)
+    except UserError as e:
+        return [str(e)]
+    bad = np.flatnonzero(~np.isin(labels, list(LABELS.values())))
+    if len(bad):
+        return [
+            f"{store.path}: data/{LABEL_KEY} holds {labels[bad[0]]} at step {bad[0]} "
+            f"({len(bad)} step(s) in all); labels are {known}"
+        ]
+    return []
 
 
 def _check_finite(store: DemoStore, key: str, bar) -> list[str]:

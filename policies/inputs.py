@@ -1,7 +1,8 @@
 """What a policy consumes, decided from the training store and checked against the spec.
 
 By default a policy's inputs follow what the store holds, as far as a real arm observes it:
-every camera and every low-dim key (except the action, timestamps and intervention flags)
+every camera and every low-dim key (except the action, timestamps, intervention flags and
+per-step labels: they say who acted, which a deployed policy cannot observe)
 that the embodiment spec does not mark ``privileged``. Simulator-only keys such as
 ``object_state`` (the object's true pose) are inputs only with ``handoff-train --privileged``
 (config ``privileged: true``), and such a policy runs in simulation only: the policy node
@@ -17,14 +18,14 @@ import numpy as np
 
 from data.embodiment import Embodiment
 from data.errors import UserError
-from data.store import DemoStore
+from data.store import LABEL_KEY, DemoStore
 from policies.common.config import PolicyConfig
 from policies.common.normalizer import Normalizer
 from policies.common.policy import ACTION_KEY
 
 log = logging.getLogger("handoff.train")
 
-NOT_OBSERVATIONS = {ACTION_KEY, "timestamp", "intervention"}
+NOT_OBSERVATIONS = {ACTION_KEY, "timestamp", "intervention", LABEL_KEY}
 
 
 def store_embodiment(store: DemoStore, override: Embodiment | None = None) -> Embodiment:

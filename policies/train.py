@@ -3,11 +3,17 @@
     handoff-train --policy diffusion --data /tmp/lift.zarr --task lift --out runs/lift_dp
     handoff-train --out runs/lift_dp --resume --steps 20000     # continue exactly
     handoff-train --distill-from runs/lift_dp --data /tmp/lift.zarr --out runs/lift_cp
+    handoff-train --init runs/lift_dp --data /tmp/lift_corrected.zarr --out runs/lift_ft \
+        --weighting sirius --steps 5000            # fine-tune on corrected rollouts
     accelerate launch -m policies.train --policy diffusion --recipe gpu ...   # several GPUs
 
 Settings come, later winning, from: the policy's config defaults, the recipe
 (``policies/recipes/<policy>_<recipe>.yaml`` or a YAML path; ``cpu`` on a CPU, ``gpu`` on a
 GPU by default), ``--set section.key=value``, then the dedicated flags (``--steps`` ...).
+
+``--init CKPT`` fine-tunes: the policy, its network settings, inputs, robot, weights and
+normaliser come from the checkpoint (``--refit-normalizer`` computes the normaliser from
+``--data`` instead); ``--weighting`` draws samples by step label (data/dataset.py).
 
 ``--resume`` continues the run as saved in ``runs/NAME/config.json``: only ``--steps``,
 ``--eval-every`` and ``--eval-episodes`` may change; any other flag or ``--set`` that differs
@@ -108,6 +114,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "its normaliser, robot and inputs; the student samples with inference_scheduler "
         "consistency (default recipe: distill_cpu; --policy may be omitted)",
     )
+    p.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="fine-tune: start from this checkpoint's (or run's best) weights and normaliser, "
+        "with its policy, network settings, inputs and robot (--policy may be omitted)",
+    )
+    p.add_argument(
+        "--refit-normalizer",
+        action="store_true",
+        help="with --init: compute the normaliser from --data instead of keeping the "
+        "checkpoint's (the network then sees inputs scaled differently than it learnt)",
+    )
+    p.add_argument(
+        "--weighting",
+        choices=["uniform", "sirius", "interventions-only"],
+        help="how samples are drawn by step label (data/store.py): uniform (HG-DAgger), "
+        "sirius (interventions half the mass, pre-intervention steps down-weighted), "
+        "interventions-only (expert-driven steps only). Default: the recipe's, else sirius, "
+        "which is uniform on demonstrations-only data",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument(
         "--allow-data-change",
@@ -184,9 +210,12 @@ def resolve_device(device: str) -> str:
 
 
 def training_episodes(store: DemoStore, successful_only: bool) -> list[int] | None:
+    """Episodes marked successful, and corrected rollouts whatever their outcome (their
+    takeovers are expert actions; a RaC-style episode ends after its correction)."""
     if not successful_only:
         return None
-    good = store.episodes_where(success=True)
+    corrected = set(store.episodes_where(source="corrected"))
+    good = sorted(set(store.episodes_where(success=True)) | corrected)
     if not good:
         log.warning(
             "%s: no episode is marked successful; training on all %d", store.path, store.n_episodes
@@ -223,7 +252,11 @@ def apply_resume_changes(args: argparse.Namespace, run: dict[str, Any], saved: P
             differ.append(f"{section}.{key}={value} (run: {have})")
     if args.batch_size is not None and not _same(args.batch_size, run["train"]["batch_size"]):
         differ.append(f"--batch-size {args.batch_size} (run: {run['train']['batch_size']})")
-    for flag in ("policy", "data", "task", "embodiment", "distill_from"):
+    if args.weighting is not None and args.weighting != run["train"].get("weighting"):
+        differ.append(f"--weighting {args.weighting} (run: {run['train'].get('weighting')})")
+    if args.refit_normalizer and not run.get("refit_normalizer"):
+        differ.append("--refit-normalizer (run: without)")
+    for flag in ("policy", "data", "task", "embodiment", "distill_from", "init"):
         given = getattr(args, flag)
         if given is not None and not _same_path_or_value(given, run.get(flag)):
             differ.append(f"--{flag.replace('_', '-')} {given} (run: {run.get(flag)})")
@@ -319,12 +352,18 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         return run, out
     from policies.registry import get_policy_class
 
-    teacher = None
+    teacher = init = None
+    if args.distill_from and args.init:
+        raise UserError("--distill-from and --init both start from a checkpoint; give one")
+    if args.refit_normalizer and not args.init:
+        raise UserError("--refit-normalizer applies to --init (a fresh run always fits one)")
     if args.distill_from:
         from policies.diffusion.distill import teacher_settings
 
         teacher = teacher_settings(args.distill_from, args.policy)
         args.policy = "diffusion"
+    if args.init:
+        args.policy, init = init_settings(args.init, args.policy)
     if not args.policy or not args.data:
         raise UserError("--policy and --data are required (or --resume an existing --out)")
     check_output(out, [args.data], what="run directory")  # never the store's folder; writable
@@ -340,6 +379,10 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     recipe = load_recipe(args.policy, family)
     if teacher is not None:  # the teacher's network and inputs; the recipe's consistency keys
         recipe["policy"] = {**teacher, **recipe["policy"]}
+    if init is not None:  # the checkpoint's network and inputs: its weights must fit them
+        recipe["policy"] = {**recipe["policy"], **init}
+    if args.weighting:
+        recipe["train"]["weighting"] = args.weighting
     if args.privileged:
         recipe["policy"]["privileged"] = True
     apply_sets(recipe, args.set)
@@ -362,7 +405,37 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     }
     if teacher is not None:
         run["distill_from"] = str(args.distill_from)
+    if init is not None:
+        run["init"] = str(args.init)
+        run["refit_normalizer"] = bool(args.refit_normalizer)
     return run, out
+
+
+def init_settings(path: str, policy: str | None) -> tuple[str, dict[str, Any]]:
+    """(policy name, policy config dict) of the checkpoint ``--init`` starts from; a
+    ``--policy`` other than the checkpoint's is refused."""
+    from policies.checkpoint import read_config, resolve_checkpoint
+
+    try:
+        cls, config = read_config(resolve_checkpoint(path) / "config.json")
+    except UserError as e:
+        raise UserError(f"--init: {e}") from None
+    if policy not in (None, cls.name):
+        raise UserError(f"--init {path} is a {cls.name} checkpoint; drop --policy {policy}")
+    return cls.name, config.to_dict()
+
+
+def init_from(policy: Any, base: Any, path: str) -> None:
+    """Copy the ``--init`` checkpoint's weights into ``policy`` (same network, checked tensor by
+    tensor, so a --set that changes the network is named instead of half-loaded)."""
+    theirs, mine = base.state_dict(), policy.state_dict()
+    for k, v in mine.items():
+        if k not in theirs or theirs[k].shape != v.shape:
+            raise UserError(
+                f"--init {path}: the network differs from the checkpoint's at {k!r}; drop the "
+                f"--set policy.* that changes it"
+            )
+    policy.load_state_dict(theirs, strict=True)
 
 
 def store_cameras(args: argparse.Namespace) -> list[str]:
@@ -402,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.convert.lerobot_store import open_store
     from data.dataset import SequenceDataset
     from data.embodiment import load_embodiment
+    from data.store import label_names
     from policies.checkpoint import load_normalizer
     from policies.inputs import build_normalizer, resolve_inputs, store_embodiment
     from policies.registry import get_policy_class
@@ -424,10 +498,17 @@ def main(argv: list[str] | None = None) -> int:
         from policies.diffusion.distill import ConsistencyDistillation, init_student, load_teacher
 
         teacher = load_teacher(run["distill_from"], store)
+    base = None
+    if run.get("init"):  # fine-tuning: the checkpoint's robot, normaliser and weights
+        from policies.checkpoint import load_policy
+
+        base = load_policy(run["init"])
     spec = store_embodiment(
         store,
         teacher.embodiment
         if teacher
+        else base.embodiment
+        if base
         else (load_embodiment(run["embodiment"]) if run["embodiment"] else None),
     )
     config = resolve_inputs(store, config, spec)
@@ -440,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         normalizer = load_normalizer(out / "last", config, spec)
     elif teacher:
         normalizer = teacher.normalizer
+    elif base and not run.get("refit_normalizer"):
+        normalizer = base.normalizer
     else:
         normalizer = build_normalizer(store, config, spec, episodes)
     dataset = SequenceDataset(
@@ -448,11 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         n_obs_steps=config.n_obs_steps,
         horizon=config.horizon,
         episodes=episodes,
+        weighting=train_cfg.weighting,
     )
     set_seed(train_cfg.seed)
     policy = cls(config, spec, normalizer)
     if teacher:
         init_student(policy, teacher)
+    if base is not None and not args.resume:  # a resumed run loads its own last weights
+        init_from(policy, base, run["init"])
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
     # built before anything is written: a refusal (too few samples for a batch) leaves nothing
     meta = {
@@ -460,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": run["data"],
         "episodes": len(episodes or range(store.n_episodes)),
         "samples": len(dataset),
+        "labels": label_names(dataset.labels),
         "parameters": sum(p.numel() for p in policy.parameters()),
     }
     trainer = Trainer(

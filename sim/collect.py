@@ -4,6 +4,14 @@
     handoff-collect --task can --episodes 200 --out demos/can.zarr --cameras agentview,wrist \\
         --image-size 84 --workers 2
 
+Corrected rollouts (learning from interventions, sim/corrector.py): a checkpoint runs through
+the policy runner while the scripted corrector, a stand-in for a person, takes over when it
+goes wrong; every rollout is appended with per-step labels (autonomous, intervention,
+pre-intervention) and its source (``policy``, or ``corrected`` when it was taken over)::
+
+    handoff-collect --task can --policy runs/can_dp --corrector hg-dagger --episodes 20 \
+        --out demos/can.zarr
+
 Episode i of a run uses seed ``--seed + i`` (a failed seed is replaced by the next unused one
 unless ``--keep-failures``). Each finished episode is committed at once, so Ctrl-C keeps every
 finished episode. An existing store is appended to when its embodiment, cameras and task match
@@ -203,6 +211,125 @@ def collect(
     }
 
 
+class _CorrectedWorker:
+    """One task, one policy behind the runner (hooks: sim never imports policies), one
+    corrector, inside one process."""
+
+    def __init__(
+        self, checkpoint: str, task: str, style: str, cameras: tuple[str, ...], size: tuple
+    ) -> None:
+        from data.registry import hook
+        from sim.corrector import Corrector, CorrectorConfig
+        from sim.tasks import make_task
+
+        self.policy = hook("load_policy")(checkpoint)
+        self.runner = hook("make_runner")(self.policy)
+        self.task = make_task(task, cameras=cameras, image_size=size)
+        self.corrector = Corrector(self.task, CorrectorConfig(style=style))
+
+
+def _corrected_one(w: _CorrectedWorker, seed: int) -> tuple[int, dict[str, np.ndarray], bool, dict]:
+    from sim.corrector import run_corrected_episode
+
+    steps, success, meta = run_corrected_episode(w.task, w.runner, w.corrector, seed)
+    return seed, steps, success, meta
+
+
+def policy_cameras(
+    checkpoint: str, task: str, cameras: tuple[str, ...], image_size: tuple[int, int]
+) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """The cameras to record (those asked for plus every one the policy reads) and their size
+    (the policy's, when it reads any); refuses a policy that does not fit the task."""
+    from data.embodiment import load_embodiment
+    from data.registry import hook
+    from sim.evaluate import check_compatible
+
+    policy = hook("load_policy")(checkpoint)
+    spec = TASKS.get(task).embodiment_for(load_embodiment("sim_panda"))
+    reads = check_compatible(policy, spec, task)
+    if reads:
+        cam = policy.embodiment.camera(reads[0])
+        image_size = (cam.height, cam.width)
+    return tuple(dict.fromkeys([*cameras, *reads])), image_size
+
+
+def collect_corrected(
+    task: str,
+    episodes: int,
+    out: str | Path,
+    checkpoint: str,
+    style: str,
+    *,
+    cameras: tuple[str, ...] = (),
+    image_size: tuple[int, int] = (84, 84),
+    workers: int = 1,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Append ``episodes`` rollouts of ``checkpoint`` on ``task`` under the scripted corrector
+    (``style``: hg-dagger or rac, sim/corrector.py) to ``out``; every rollout is kept, failed
+    or not (its takeovers are what training learns from). Returns a summary."""
+    from tqdm import tqdm
+
+    from data.embodiment import load_embodiment
+    from data.store import label_names
+    from sim.corrector import STYLES
+
+    if style not in STYLES:
+        raise UserError(f"--corrector {style!r}: choose one of {', '.join(STYLES)}")
+    if episodes <= 0 or workers <= 0:
+        raise UserError("--episodes and --workers must be positive")
+    TASKS.get(task)
+    out = str(out)
+    check_output(out)
+    cameras, image_size = policy_cameras(checkpoint, task, cameras, image_size)
+    if cameras:
+        require_gl()
+    spec = TASKS.get(task).embodiment_for(
+        load_embodiment("sim_panda").with_cameras(list(cameras), image_size)
+    )
+    created = not Path(out).exists()
+    if created:
+        store = DemoStore.create(out, spec)
+        seed = 0 if seed is None else seed
+    else:
+        store = DemoStore.open(out, "a")
+        check_store_matches(store, spec)
+        seed = check_store_task(store, task, seed, episodes)
+    setup = functools.partial(_CorrectedWorker, checkpoint, task, style, cameras, image_size)
+    written = successes = n_steps = corrector_steps = 0
+    labels: dict[str, int] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=episodes, desc=f"correct {task}", unit="ep", disable=not progress)
+    try:
+        jobs = list(range(seed, seed + episodes))
+        for ep_seed, steps, success, meta in run_jobs(setup, _corrected_one, jobs, workers):
+            store.append_episode(steps, task=task, seed=ep_seed, success=success, **meta)
+            written += 1
+            successes += success
+            n_steps += len(steps["action"])
+            corrector_steps += meta["intervention_steps"]
+            for name, n in label_names(steps["label"]).items():
+                labels[name] = labels.get(name, 0) + n
+            bar.update(1)
+            bar.set_postfix(success=f"{successes}/{written}", corrector_steps=corrector_steps)
+    except BaseException:
+        if created and written == 0 and not is_url(out):
+            remove(out)  # leave nothing behind that this run made and did not fill
+        raise
+    finally:
+        bar.close()
+    return {
+        "out": out,
+        "written": written,
+        "successes": successes,
+        "steps": n_steps,
+        "corrector_steps": corrector_steps,
+        "labels": labels,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
@@ -223,7 +350,47 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--policy",
+        metavar="CKPT",
+        help="collect rollouts of this checkpoint (or run) under --corrector instead of "
+        "scripted demonstrations",
+    )
+    p.add_argument(
+        "--corrector",
+        choices=["hg-dagger", "rac"],
+        help="with --policy: the scripted stand-in operator's style (sim/corrector.py): "
+        "hg-dagger takes over in place and hands back, rac recovers, completes the sub-task "
+        "and ends the episode",
+    )
     a = p.parse_args(argv)
+    if bool(a.policy) != bool(a.corrector):
+        raise UserError("--policy and --corrector go together (corrected rollouts)")
+    if a.policy:
+        if a.force or a.keep_failures:
+            raise UserError(
+                "corrected rollouts are appended and every one is kept: drop --force and "
+                "--keep-failures"
+            )
+        summary = collect_corrected(
+            a.task,
+            a.episodes,
+            a.out,
+            a.policy,
+            a.corrector,
+            cameras=parse_cameras(a.cameras),
+            image_size=parse_image_size(a.image_size),
+            workers=a.workers,
+            seed=a.seed,
+            progress=not a.no_progress,
+        )
+        print(
+            f"wrote {summary['written']} corrected rollouts to {summary['out']} "
+            f"({summary['successes']}/{summary['written']} successes; "
+            f"{summary['corrector_steps']} of {summary['steps']} steps driven by the corrector; "
+            f"labels {summary['labels']})"
+        )
+        return
     summary = collect(
         a.task,
         a.episodes,

@@ -217,9 +217,12 @@ def test_act_temporal_ensembling_predicts_every_step():
     rng = np.random.default_rng(0)
     obs = random_obs(policy, rng)
     chunk = policy.chunk({k: torch.from_numpy(v)[None, None] for k, v in obs.items()})[0]
-    a0 = policy.select_action(obs)
+    from policies.runner import PolicyRunner, RunnerConfig
+
+    runner = PolicyRunner(policy, RunnerConfig(scheme="ensemble"))
+    a0 = runner.tick(obs).command
     assert np.allclose(a0, chunk[0].numpy(), atol=1e-6)  # first step: the only prediction
-    a1 = policy.select_action(obs)  # same obs again: mean of chunk[1] (old) and chunk[0] (new)
+    a1 = runner.tick(obs).command  # same obs again: mean of chunk[1] (old) and chunk[0] (new)
     w = np.exp(-0.01 * np.arange(2))
     expected = (w[0] * chunk[1].numpy() + w[1] * chunk[0].numpy()) / w.sum()
     assert np.allclose(a1, expected, atol=1e-5)

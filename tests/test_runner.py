@@ -262,3 +262,17 @@ def test_make_runner_sets_a_diffusion_policys_sampling_steps():
     assert policy.config.num_inference_steps == 2 and policy.config.inference_scheduler == "ddim"
     with pytest.raises(UserError, match="no denoising steps"):
         make_runner(ChunkPolicy(), sampling_steps=2)
+
+
+def test_reset_bounds_the_first_command_from_the_measured_joints():
+    """A new episode starts from where the arm is, not from the last episode's final target
+    (before the runner, /policy/reset left the filter anchored there, so the first commands of
+    an episode pulled the arm back toward the previous episode's end pose)."""
+    safety = SafetyFilter(SPEC, SafetyConfig(require_enable=False))
+    runner = PolicyRunner(ChunkPolicy(), RunnerConfig(scheme="sync", delay=0), safety)
+    far = HOME + 0.5
+    for k in range(5):
+        runner.tick(obs(k), k * SPEC.dt, joints=(far, k * SPEC.dt))
+    runner.reset()
+    first = runner.tick(obs(0), 1.0, joints=(HOME, 1.0)).command
+    assert np.max(np.abs(first[:7] - HOME)) <= 0.05 + 1e-9  # one step from HOME, not from far

@@ -23,8 +23,9 @@ from data.registry import Registry
 
 # Per-step extras some formats carry besides observations and actions (robomimic, LeRobot).
 REWARD, DONE, SIM_STATE = "reward", "done", "sim_state"
-# per-step keys that are not observations (the recorder's teleop flag included)
-NOT_OBSERVATIONS = {REWARD, DONE, SIM_STATE, "intervention", "action", "timestamp"}
+LABEL = "label"  # data/store.py's per-step labels: carried by every format as an extra
+# per-step keys that are not observations (the recorder's teleop flag and the labels included)
+NOT_OBSERVATIONS = {REWARD, DONE, SIM_STATE, "intervention", LABEL, "action", "timestamp"}
 
 
 @dataclass

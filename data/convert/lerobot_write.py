@@ -16,6 +16,7 @@ import numpy as np
 
 from data.convert.base import (
     DONE,
+    LABEL,
     NOT_OBSERVATIONS,
     REWARD,
     Episode,
@@ -130,7 +131,8 @@ class LeRobotWriter:
             ENV_STATE: [k for k in lowdim if k in privileged],
         }
         grouped = {k for keys in groups.values() for k in keys}
-        columns = {REWARD: "next.reward", DONE: "next.done"}
+        # labels are no observation: a LeRobot policy takes every observation.* as input
+        columns = {REWARD: "next.reward", DONE: "next.done", LABEL: LABEL}
         extras = {k: columns.get(k, f"observation.{k}") for k in lowdim if k not in grouped}
         if "action" not in episode.steps:
             raise UserError(f"{self.report.src}: episodes have no 'action' key")

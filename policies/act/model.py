@@ -155,10 +155,12 @@ class ACTPolicy(Policy):
         z = torch.zeros(B, self.config.latent_dim, device=self.device)  # the prior mean
         return self.normalizer.unnormalize(ACTION_KEY, self._decode(self._encode(norm, z)))
 
-    @property
-    def default_scheme(self) -> str:  # type: ignore[override]
-        """Temporal ensembling when the config sets its coefficient, else chunks."""
-        return "ensemble" if self.config.temporal_ensemble_coeff is not None else "sync"
+    # Real-time chunking (the chunk blended towards the committed actions), by measurement on
+    # lift at inference delays 0-4: the same success as temporal ensembling with smoother
+    # commands (largest joint-target jump 0.03-0.07 rad against 0.06-0.12) and one inference
+    # per execute_steps ticks instead of one per tick (README, "Chunk execution while
+    # inference takes time"). --scheme ensemble uses temporal_ensemble_coeff.
+    default_scheme = "rtc"
 
     @property
     def default_execute_steps(self) -> int:

@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/benchmarks/bench_policies.py [--quick]
 
-Latency: p50/p99 of ``predict_action_chunk`` and of ``select_action`` (which predicts once
-every Ta steps, or every step with temporal ensembling) for diffusion (100 DDPM, 16 and 10
+Latency: p50/p99 of ``predict_action_chunk`` and of ``select_action`` (the policy runner in
+lock-step with the policy's default scheme: a chunk every execute_steps steps) for diffusion (100 DDPM, 16 and 10
 DDIM steps) and ACT, state and camera (agentview + wrist at 84x84) variants, at the CPU
 recipes' sizes (``<policy>_cpu.yaml`` for state, ``<policy>_cpu_camera.yaml`` for cameras).
 Baselines measured in the same run: one denoiser evaluation (what each sampler step costs),
@@ -101,9 +101,10 @@ def latency(policy, store: DemoStore, n_chunk: int, n_steps: int) -> dict:
         ),
         n_steps,
     )
-    # the node infers a chunk on its own thread and executes it over the next steps: per control
-    # step that costs chunk / (steps a chunk serves); with temporal ensembling, a chunk a step
-    per_chunk = 1 if getattr(c, "temporal_ensemble_coeff", None) is not None else c.n_action_steps
+    # the node's runner infers a chunk on its own thread and executes it over the next steps:
+    # per control step that costs chunk / (steps a chunk serves: the default scheme's
+    # execute_steps; temporal ensembling would infer one every step)
+    per_chunk = policy.default_execute_steps if policy.default_scheme != "ensemble" else 1
     return {
         "predict_action_chunk_ms": percentiles(chunk),
         "select_action_ms": percentiles(select),

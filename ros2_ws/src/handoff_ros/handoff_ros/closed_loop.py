@@ -81,7 +81,7 @@ def run_closed_loop(
     should the arm stall, ``episode_seconds`` of wall-clock time."""
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64
-    from std_srvs.srv import Trigger
+    from std_srvs.srv import SetBool, Trigger
 
     import policies
     from handoff_ros.testing import NodeProcess, Probe, nodes
@@ -129,8 +129,13 @@ def run_closed_loop(
                 f"{arm.log_path}, {pol.log_path}\n{pol.log()[-2000:]}"
             )
         for ep in range(episodes):
+            # an episode boundary the policy cannot straddle: it stops commanding, the scene
+            # resets, its history and observations are cleared, then it starts afresh from
+            # the new scene (as handoff-eval starts each episode)
+            probe.call(SetBool, "/policy/enable", SetBool.Request(data=False))
             probe.call(Trigger, "/sim_arm/reset", Trigger.Request())
             probe.call(Trigger, "/policy/reset", Trigger.Request())
+            probe.call(SetBool, "/policy/enable", SetBool.Request(data=True))
             start = time.time()
             probe.msgs["/sim_arm/success"].clear()
             probe.msgs["/joint_states"].clear()

@@ -164,6 +164,12 @@ class LiveObservation:
                 return None, self.joint_stamp
             return {k: self.values[k] for k in self.keys}, self.joint_stamp
 
+    def clear(self) -> None:
+        """Forget every value (a new episode): :meth:`snapshot` waits until each key has been
+        heard again, so no observation from before a scene reset reaches the policy."""
+        with self._lock:
+            self.values.clear()
+
     def joints(self) -> tuple[np.ndarray | None, float]:
         """(newest joint positions (J,) or None, their time): the safety filter's input."""
         with self._lock:

@@ -211,7 +211,8 @@ class PolicyNode(LifecycleNode):
         if not ok:
             self.get_logger().error(f"activate refused: {message}")
             return TransitionCallbackReturn.FAILURE
-        self.runner.reset()  # a fresh start: no history or chunk from before the pause
+        self.obs.clear()  # a fresh start: no observation, history or chunk from before
+        self.runner.reset()
         self.get_logger().info("active: commanding the arm")
         return TransitionCallbackReturn.SUCCESS
 
@@ -406,6 +407,7 @@ class PolicyNode(LifecycleNode):
         return res
 
     def srv_reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.obs.clear()  # a new episode: wait for observations made after this call
         self.runner.reset()
         res.success, res.message = True, "policy history cleared"
         return res

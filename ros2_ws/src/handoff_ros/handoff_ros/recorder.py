@@ -5,7 +5,10 @@ the simulated arm its ``eef_pose`` and privileged ``object_state``. The action i
 actually sent to the controller (forward command, or the goal point of a joint trajectory,
 plus the gripper command); before the first command it is the measured position, which is
 what a position controller holds. ``data/intervention`` is the teleop node's engaged flag
-(False when no teleop runs), so human corrections during policy rollouts are marked.
+(False when no teleop runs), so human corrections during policy rollouts are marked; with
+``source:=policy`` (a correction session, launch/correct.launch.py) each step also gets its
+``data/label`` (autonomous, intervention, pre-intervention; handoff_ros.recording) and an
+episode with a takeover is committed with source ``corrected``.
 
 Alignment: a timer ticks at the spec's rate; tick ``t`` is assembled ``lag_s`` later with
 data/align.py's rule (see handoff_ros.recording). Services: ``~/start``, ``~/stop``,
@@ -65,7 +68,11 @@ class RecorderParams:
     sim_task: bool = param(
         True, "the task is a sim.tasks task: add its privileged object_state to the spec"
     )
-    source: str = param("teleop", "episode source metadata: teleop, policy or scripted")
+    source: str = param(
+        "teleop",
+        "episode source metadata: teleop, policy or scripted; policy labels each step from the "
+        "teleop engaged flag (a correction session)",
+    )
     operator: str = param("", "operator name written to each episode's metadata")
     cameras: str = param("all", "comma-separated spec cameras to record; all; or none")
     camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
@@ -211,6 +218,7 @@ class RecorderNode(Node):
                 "engaged": {"intervention": np.array(False)},
             },
             logger=self.get_logger(),
+            label_rollouts=p.source == "policy",
         )
         self.create_service(Trigger, "~/start", self.srv_start)
         self.create_service(Trigger, "~/stop", self.srv_stop)

@@ -13,6 +13,13 @@ append to bounded deques and a queue, so they never wait on compression or disk.
 streams steps to the arrays as they come, so a killed recorder loses only the unfinished
 episode (the store truncates it on the next open). Once written, each committed episode is
 logged with its index, steps and success, and each discarded one with its steps and reason.
+
+Policy rollouts (a correction session, ``label_rollouts``) get per-step labels
+(data/store.py LABELS) from the teleop engaged flag: ``intervention`` while the operator holds
+the arm, ``autonomous`` otherwise, and ``pre_intervention`` for the PRE_INTERVENTION_STEPS
+steps before each takeover (:class:`RolloutLabeler`, which holds that many steps back in the
+writer thread so it can still relabel them); an episode with a takeover is committed with
+source ``corrected``, the same form simulated corrections take (sim/corrector.py).
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from data.align import latest_index
-from data.store import DemoStore
+from data.store import (
+    AUTONOMOUS,
+    INTERVENTION,
+    LABEL_KEY,
+    PRE_INTERVENTION,
+    PRE_INTERVENTION_STEPS,
+    DemoStore,
+)
 from handoff_ros.images import decode_compressed, fit
 
 
@@ -118,6 +132,44 @@ def non_finite_keys(values: dict[str, Any]) -> list[str]:
 Default = dict[str, np.ndarray] | Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+class RolloutLabeler:
+    """Labels a policy rollout's steps from their ``intervention`` flag as they stream by.
+
+    :meth:`push` takes one step and returns the steps now final: each is released
+    ``pre_steps`` steps late, so a takeover can still mark the steps before it
+    ``pre_intervention`` (stopping at an earlier intervention step, as Sirius does; the same
+    labels as :func:`data.store.label_rollout` on the whole episode). :meth:`flush` returns
+    the rest at the episode's end.
+    """
+
+    def __init__(self, pre_steps: int = PRE_INTERVENTION_STEPS) -> None:
+        self.pre_steps = pre_steps
+        self.held: deque[dict[str, Any]] = deque()
+        self.previous = False
+        self.any_intervention = False
+
+    def push(self, step: dict[str, Any]) -> list[dict[str, Any]]:
+        flag = bool(step.get("intervention", False))
+        if flag and not self.previous:
+            for earlier in reversed(self.held):
+                if earlier[LABEL_KEY] == INTERVENTION:
+                    break
+                earlier[LABEL_KEY] = np.uint8(PRE_INTERVENTION)
+        step[LABEL_KEY] = np.uint8(INTERVENTION if flag else AUTONOMOUS)
+        self.previous = flag
+        self.any_intervention |= flag
+        self.held.append(step)
+        out = []
+        while len(self.held) > self.pre_steps:
+            out.append(self.held.popleft())
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        out = list(self.held)
+        self.held.clear()
+        return out
+
+
 class EpisodeRecorder:
     """Steps from streams at fixed ticks; episodes written by a background thread.
 
@@ -127,6 +179,8 @@ class EpisodeRecorder:
     visited in order), e.g. the operator's engaged flag when no teleop node runs, or "hold the
     measured position" before the first command. ``logger`` (``info``/``warning``/``error``,
     e.g. a ROS node's logger; default: the ``logging`` module's) hears every outcome.
+    ``label_rollouts``: the episodes are policy rollouts; label their steps from the
+    ``intervention`` flag (:class:`RolloutLabeler`).
     """
 
     def __init__(
@@ -138,8 +192,10 @@ class EpisodeRecorder:
         optional: dict[str, Default] | None = None,
         max_queue: int = 200,
         logger: Any = None,
+        label_rollouts: bool = False,
     ) -> None:
         self.store = store
+        self.label_rollouts = label_rollouts
         self.log = logger or logging.getLogger("handoff.recording")
         self.streams = streams
         self.image_shapes = image_shapes
@@ -321,7 +377,7 @@ class EpisodeRecorder:
         self.queue_max = max(self.queue_max, self._q.qsize())
 
     def _writer(self) -> None:
-        writer = None
+        writer = labeler = None
         while True:
             kind, payload = self._q.get()
             try:
@@ -331,14 +387,21 @@ class EpisodeRecorder:
                     return
                 if kind == "start":
                     writer = self.store.episode_writer()
+                    labeler = RolloutLabeler() if self.label_rollouts else None
                 elif kind == "step" and writer is not None:
                     for key, (h, w) in self.image_shapes.items():
                         frame = payload[key]
                         if isinstance(frame, EncodedFrame):  # decoded here, off the callbacks
                             frame = decode_compressed(frame.data, frame.format)
                         payload[key] = fit(frame, h, w)
-                    writer.add_step(payload)
+                    for step in labeler.push(payload) if labeler else [payload]:
+                        writer.add_step(step)
                 elif kind == "commit" and writer is not None:
+                    if labeler is not None:
+                        for step in labeler.flush():
+                            writer.add_step(step)
+                        if labeler.any_intervention:
+                            payload = {**payload, "source": "corrected"}
                     index = writer.commit(**payload)
                     writer = None
                     self.episodes_written += 1

@@ -67,7 +67,9 @@ def param_args(params: dict[str, Any]) -> list[str]:
 
 
 class NodeProcess:
-    """``python -m handoff_ros.<node> --ros-args ...`` as a child process; logs go to a file."""
+    """``python -m handoff_ros.<node> --ros-args ...`` as a child process; logs go to a file.
+    ``extra_args`` (e.g. ``--params-file F``) come before ``params``: rcl lets the later of two
+    settings of a parameter win, so ``params`` override a parameter file's values."""
 
     def __init__(
         self,
@@ -79,10 +81,10 @@ class NodeProcess:
         remap: dict[str, str] | None = None,
     ) -> None:
         args = [sys.executable, "-m", f"handoff_ros.{node}", "--ros-args"]
+        args += extra_args or []
         args += param_args(params or {})
         for a, b in (remap or {}).items():
             args += ["-r", f"{a}:={b}"]
-        args += extra_args or []
         self.log_path = (log_dir or Path("/tmp")) / f"{node}-{os.getpid()}-{time.time_ns()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
