@@ -28,7 +28,7 @@ from data.convert.lerobot_store import INFERRED_ATTR, SOURCE_ATTR, is_lerobot, o
 from data.dataset import split_episodes
 from data.errors import UserError, cli_main
 from data.outputs import check_output, is_url, overlap, publish, remove, staging_dir
-from data.store import DemoStore
+from data.store import STEP_DEFAULTS, DemoStore
 
 
 def _size_on_disk(path: str) -> int | None:
@@ -139,7 +139,10 @@ def _copy_episodes(sources: list[tuple[DemoStore, list[int]]], out: str, desc: s
         if (spec is None) != (other is None) or (spec and other and spec.compatible_with(other)):
             why = spec.compatible_with(other) if spec and other else ["one has no embodiment spec"]
             raise UserError(f"{src.path} is incompatible with {first.path}: {'; '.join(why)}")
-        if sorted(src.keys) != sorted(first.keys):
+        # per-step labels / the intervention flag have defaults: a demonstration store and a
+        # store of corrected rollouts merge (data.store.STEP_DEFAULTS)
+        own = lambda st: sorted(set(st.keys) - set(STEP_DEFAULTS))  # noqa: E731
+        if own(src) != own(first):
             raise UserError(f"{src.path} has keys {src.keys}, {first.path} has {first.keys}")
     tmp = staging_dir(Path(out))
     dst = DemoStore.create(tmp, spec)

@@ -8,10 +8,11 @@ scripted expert of sim/experts.py, which reads the privileged object pose.
 
 It watches the rollout one control step at a time and takes over when the policy goes wrong:
 
-- **stall**: the end effector travelled less than ``stall_dist`` (5 mm) over ``stall_steps``
-  (20 steps, 1 s at 20 Hz) and the gripper command did not change. The experts never rest
-  that long before success (their longest pause is the 6-9 step grasp), so a policy that does
-  has stopped doing the task;
+- **stall**: over ``stall_steps`` (20 steps, 1 s at 20 Hz) the end effector got less than
+  ``stall_dist`` (1 cm) further along the expert's path through the current sub-task (below).
+  The expert moves along it at 0.12-0.4 m/s, 12-40 cm a second, and pauses only to close the
+  gripper (6-9 steps), which starts the next sub-task; a policy that stands still, or jitters
+  in place, has stopped doing the task;
 - **drift**: the end effector is more than ``drift_dist`` (10 cm) from the path the expert
   would take through the current sub-task (straight segments from where the sub-task began
   through the expert's waypoints, planned from the state at that moment). The expert's hover
@@ -70,7 +71,7 @@ class CorrectorConfig:
 
     style: str = "hg-dagger"
     stall_steps: int = 20
-    stall_dist: float = 0.005
+    stall_dist: float = 0.01
     drift_dist: float = 0.10
     hold_dist: float = 0.07  # the square nut's centre is 5.4 cm from its handle grasp point
     hold_steps: int = 3
@@ -94,14 +95,19 @@ class CorrectorConfig:
             raise UserError("corrector warmup_steps and pre_steps must be >= 0")
 
 
-def path_distance(point: np.ndarray, path: np.ndarray) -> float:
-    """Distance (m) from ``point`` (3,) to the polyline through ``path`` (K, 3), K >= 1."""
+def path_distance(point: np.ndarray, path: np.ndarray) -> tuple[float, float]:
+    """(distance (m) from ``point`` (3,) to the polyline through ``path`` (K, 3), K >= 1;
+    length (m) of the polyline left after the point's nearest point on it)."""
     if len(path) == 1:
-        return float(np.linalg.norm(point - path[0]))
+        return float(np.linalg.norm(point - path[0])), 0.0
     a, b = path[:-1], path[1:]  # (K-1, 3) segments
     ab = b - a
     t = np.clip(((point - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
-    return float(np.linalg.norm(a + t[:, None] * ab - point, axis=1).min())
+    near = a + t[:, None] * ab  # (K-1, 3) nearest point on each segment
+    dist = np.linalg.norm(near - point, axis=1)
+    i = int(dist.argmin())
+    lengths = np.linalg.norm(ab, axis=1)
+    return float(dist[i]), float((1 - t[i]) * lengths[i] + lengths[i + 1 :].sum())
 
 
 class PlanningExpert(ScriptedExpert):
@@ -187,8 +193,7 @@ class Corrector:
     def _watch_from(self, obs: dict[str, np.ndarray] | None) -> None:
         """(Re)start watching: fresh stall history, held count and sub-task path (planned from
         ``obs``, else at the next step)."""
-        self.eef: deque[np.ndarray] = deque(maxlen=self.config.stall_steps + 1)
-        self.grip: deque[float] = deque(maxlen=self.config.stall_steps + 1)
+        self.remaining: deque[float] = deque(maxlen=self.config.stall_steps + 1)  # path left
         self.held_for = 0
         self.carrying = False  # held for hold_steps since the last release
         self.opened_at: tuple[np.ndarray, np.ndarray | None] | None = None  # (eef, release)
@@ -211,14 +216,13 @@ class Corrector:
         opens = [w.pos for w in wps if w.gripper < 0.5 * CLOSED]
         self.release = np.asarray(opens[0]) if held and opens else None
         self.path_held = held
+        self.remaining.clear()  # progress is measured along the new path
 
-    def trigger(self, obs: dict[str, np.ndarray], action: np.ndarray) -> str | None:
-        """Why to take over before ``action`` (the policy's command) runs, or None."""
+    def trigger(self, obs: dict[str, np.ndarray]) -> str | None:
+        """Why to take over at ``obs``, before the policy's command for it runs, or None."""
         c = self.config
         eef = obs["eef_pos"].astype(np.float64)
         held = self._held(obs, self.task.arm.last_action)
-        self.eef.append(eef)
-        self.grip.append(float(action[-1]))
         if held:
             self.held_for += 1
             self.carrying |= self.held_for >= c.hold_steps
@@ -234,16 +238,17 @@ class Corrector:
             self.carrying, self.opened_at = False, None
         if self.path is None or held != self.path_held:
             self._plan_path(obs, held)
+        off, left = path_distance(eef, self.path)
+        self.remaining.append(left)
         if self.quiet > 0:
             self.quiet -= 1
             return None
         if drop:
             return "drop"
-        if len(self.eef) > c.stall_steps:
-            travelled = np.linalg.norm(np.diff(np.array(self.eef), axis=0), axis=1).sum()
-            if travelled < c.stall_dist and np.ptp(self.grip) < 1e-3:
-                return "stall"
-        if path_distance(eef, self.path) > c.drift_dist:
+        full = len(self.remaining) == self.remaining.maxlen
+        if full and self.remaining[0] - self.remaining[-1] < c.stall_dist:
+            return "stall"
+        if off > c.drift_dist:
             return "drift"
         return None
 
@@ -258,7 +263,7 @@ class Corrector:
         if not self.driving:
             hold = self.task.arm.last_action.astype(np.float32)
             policy_action = hold if command is None else np.asarray(command, np.float32)
-            reason = self.trigger(obs, policy_action)
+            reason = self.trigger(obs)
             if reason is None:
                 self.t += 1
                 return policy_action, False

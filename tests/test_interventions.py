@@ -91,6 +91,23 @@ def test_labels_round_trip_and_old_stores_stay_readable_and_appendable(tmp_path)
         store.append_episode(make_episode(5, 4, None) | {"reward": np.zeros(5, np.float32)})
 
 
+def test_a_demonstration_store_and_corrected_rollouts_merge(tmp_path):
+    """handoff-data merge: a store without labels + a store of labelled corrected rollouts."""
+    from data.cli import main as data_main
+
+    demos = DemoStore.create(tmp_path / "demos.zarr", SPEC)
+    demos.append_episode(make_episode(20, 0, None), task="lift", source="scripted")
+    rolls = DemoStore.create(tmp_path / "rolls.zarr", SPEC)
+    f = flags((0, 20), (1, 6), (0, 4))
+    rolls.append_episode(rollout(30, 1, f), task="lift", source="corrected")
+    out = tmp_path / "merged.zarr"
+    data_main(["merge", str(tmp_path / "demos.zarr"), str(tmp_path / "rolls.zarr"), str(out)])
+    merged = DemoStore.open(out)
+    assert merged.n_episodes == 2 and validate_store(merged, progress=False) == []
+    assert (merged.episode_labels(0) == DEMONSTRATION).all()
+    np.testing.assert_array_equal(merged.episode_labels(1), label_rollout(f))
+
+
 def test_validate_names_an_unknown_label(tmp_path):
     store = DemoStore.create(tmp_path / "bad.zarr", SPEC)
     ep = rollout(10, 0, flags((0, 5), (1, 5)))
@@ -121,11 +138,19 @@ def test_labels_are_reserved_and_never_an_observation(tmp_path):
     ("fmt", "dst"), [("lerobot", "lr"), ("robomimic", "r.hdf5"), ("rosbag2", "bag")]
 )
 def test_labels_survive_every_converter(tmp_path, fmt, dst):
-    store = DemoStore.create(tmp_path / "a.zarr", SPEC)
-    store.append_episode(make_episode(8, 0, None), task="lift", source="scripted", success=True)
-    store.append_episode(
-        rollout(12, 1, flags((0, 6), (1, 4), (0, 2))), task="lift", source="corrected"
-    )
+    from tests.test_convert_common import make_episode as full_episode
+    from tests.test_convert_common import spec
+
+    store = DemoStore.create(tmp_path / "a.zarr", spec().with_cameras([], None))
+    rng = np.random.default_rng(0)
+
+    def episode(T):  # every key the formats map (the rosbag importer needs the eef pose)
+        return {k: v for k, v in full_episode(rng, T).items() if k not in ("agentview", "wrist")}
+
+    store.append_episode(episode(8), task="lift", source="scripted", success=True)
+    f = flags((0, 6), (1, 4), (0, 2))
+    ep = episode(12) | {"intervention": f, "label": label_rollout(f)}
+    store.append_episode(ep, task="lift", source="corrected", success=False)
     convert(tmp_path / "a.zarr", tmp_path / dst, "handoff", fmt, progress=False)
     if fmt == "lerobot":  # a LeRobot policy reads every observation.* column: labels are not one
         features = json.loads((tmp_path / dst / "meta/info.json").read_text())["features"]
@@ -256,9 +281,7 @@ def test_rac_recovers_completes_the_pick_and_ends_the_episode(lift):
     from sim.corrector import REL, Corrector, CorrectorConfig, run_corrected_episode
 
     corrector = Corrector(lift, CorrectorConfig(style="rac"))
-    steps, _, meta = run_corrected_episode(
-        lift, FailingRunner(lift, _stall_after(25)), corrector, 4
-    )
+    steps, _, meta = run_corrected_episode(lift, FailingRunner(lift, _stall_after(8)), corrector, 4)
     assert corrector.done and len(meta["takeovers"]) == 1
     start, end, reason = meta["takeovers"][0]
     T = len(steps["label"])

@@ -79,9 +79,14 @@ def exec_depends() -> set[str]:
     return {e.text for e in tree.getroot().iter("exec_depend")}
 
 
-def test_there_are_three_launch_files_and_two_param_files():
+def test_there_are_four_launch_files_and_two_param_files():
     names = {p.name for p in LAUNCH_FILES}
-    assert names == {"sim.launch.py", "teleop_record.launch.py", "policy.launch.py"}
+    assert names == {
+        "sim.launch.py",
+        "teleop_record.launch.py",
+        "policy.launch.py",
+        "correct.launch.py",
+    }
     assert {p.name for p in PARAM_FILES} >= {"sim_panda.yaml", "real_arm_template.yaml"}
 
 

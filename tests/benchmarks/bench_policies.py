@@ -3,9 +3,10 @@
     .venv/bin/python tests/benchmarks/bench_policies.py [--quick]
 
 Latency: p50/p99 of ``predict_action_chunk`` and of ``select_action`` (the policy runner in
-lock-step with the policy's default scheme: a chunk every execute_steps steps) for diffusion (100 DDPM, 16 and 10
-DDIM steps) and ACT, state and camera (agentview + wrist at 84x84) variants, at the CPU
-recipes' sizes (``<policy>_cpu.yaml`` for state, ``<policy>_cpu_camera.yaml`` for cameras).
+lock-step with the policy's default scheme: a chunk every execute_steps steps) for diffusion
+(100 DDPM, 16 and 10 DDIM steps) and ACT, state and camera (agentview + wrist at 84x84)
+variants, at the CPU recipes' sizes (``<policy>_cpu.yaml`` for state,
+``<policy>_cpu_camera.yaml`` for cameras).
 Baselines measured in the same run: one denoiser evaluation (what each sampler step costs),
 and the control period the policy must fit into.
 
