@@ -42,15 +42,29 @@ class CameraSpec:
         return (self.height, self.width, 3)
 
 
+# The sim Panda's finger joints (robosuite 1.5's panda_gripper.xml). Only the fallback for a
+# spec named ``sim_panda`` written before ``gripper.joint_names`` existed (stores and
+# checkpoints made then); data/specs/sim_panda.yaml lists them itself.
+SIM_PANDA_FINGER_JOINTS = ("gripper0_right_finger_joint1", "gripper0_right_finger_joint2")
+
+
 @dataclass(frozen=True)
 class GripperSpec:
-    """The gripper command range in the controller's units (e.g. -1 open .. 1 closed in sim)."""
+    """The gripper command range in the controller's units (e.g. -1 open .. 1 closed in sim).
+
+    ``joint_names`` are the finger joints as ``/joint_states`` names them; their positions
+    form the ``gripper_pos`` observation (one value per finger, in this order). Empty when the
+    arm reports no finger joints; a spec that observes ``gripper_pos`` then needs them.
+    """
 
     command_min: float
     command_max: float
     open_command: float
+    joint_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(set(self.joint_names)) != len(self.joint_names) or not all(self.joint_names):
+            raise ValueError("gripper.joint_names must be unique, non-empty names")
         if not self.command_min < self.command_max:
             raise ValueError("gripper.command_min must be below gripper.command_max")
         if not self.command_min <= self.open_command <= self.command_max:
@@ -104,6 +118,8 @@ class Embodiment:
             raise ValueError("camera names must be unique")
         # per-step keys of the store that are not observations (data/store.py: label)
         reserved = {"action", "timestamp", "intervention", "label"} | set(names)
+        if set(self.joint_names) & set(self.gripper.joint_names):
+            raise ValueError("gripper.joint_names must not repeat arm joint_names")
         for key, shape in self.observation.items():
             if key in reserved:
                 raise ValueError(f"observation key {key!r} clashes with a camera or reserved key")
@@ -141,6 +157,13 @@ class Embodiment:
                 return cam
         raise KeyError(f"camera {name!r} is not in spec {self.name!r} (has {self.camera_names})")
 
+    def finger_joints(self, override: str = "") -> list[str]:
+        """The finger joints that form ``gripper_pos``: ``override`` (comma-separated names,
+        as a node parameter or converter option gives them) or, when it is empty, the spec's
+        ``gripper.joint_names``."""
+        names = [n.strip() for n in override.split(",") if n.strip()]
+        return names or list(self.gripper.joint_names)
+
     def action_low(self) -> list[float]:
         return [*self.position_lower, self.gripper.command_min]
 
@@ -165,6 +188,7 @@ class Embodiment:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["joint_names"] = list(self.joint_names)
+        d["gripper"]["joint_names"] = list(self.gripper.joint_names)
         d["observation"] = {k: list(v) for k, v in self.observation.items()}
         return _jsonable(d)
 
@@ -184,7 +208,7 @@ class Embodiment:
             kw["joint_names"] = tuple(kw["joint_names"])
             for key in ("position_lower", "position_upper", "velocity_limit"):
                 kw[key] = tuple(float(v) for v in kw[key])
-            kw["gripper"] = GripperSpec(**{k: float(v) for k, v in kw["gripper"].items()})
+            kw["gripper"] = _gripper(kw["gripper"], kw["name"])
             kw["cameras"] = tuple(CameraSpec(**c) for c in kw.get("cameras") or ())
             kw["observation"] = {
                 k: tuple(int(x) for x in v) for k, v in (kw.get("observation") or {}).items()
@@ -215,6 +239,21 @@ class Embodiment:
                     f"observation {key!r} shape differs: {self.observation[key]} vs {shape}"
                 )
         return problems
+
+
+def _gripper(d: dict[str, Any], spec_name: str) -> GripperSpec:
+    """GripperSpec from its mapping; a spec without ``joint_names`` (written before they were
+    part of it) gets the sim Panda's fingers when it is ``sim_panda``, else none."""
+    kw: dict[str, Any] = {k: v for k, v in d.items() if k != "joint_names"}
+    kw = {k: float(v) for k, v in kw.items()}
+    if "joint_names" in d:
+        names = d["joint_names"] or ()
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"gripper.joint_names must be a list of names, got {names!r:.60}")
+        kw["joint_names"] = tuple(names)
+    elif spec_name == "sim_panda":
+        kw["joint_names"] = SIM_PANDA_FINGER_JOINTS
+    return GripperSpec(**kw)
 
 
 def _replace(spec: Embodiment, **changes: Any) -> Embodiment:

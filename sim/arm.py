@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from data.embodiment import Embodiment, load_embodiment
+from data.errors import UserError
 from sim._gl import configure_gl
 
 configure_gl()
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 EEF_SITE = "gripper0_right_grip_site"
 BASE_BODY = "robot0_base"
-FINGER_JOINTS = ("gripper0_right_finger_joint1", "gripper0_right_finger_joint2")
 FINGER_OPEN = np.array([0.04, -0.04])  # ctrlrange ends of robosuite's panda_gripper.xml
 # Joint-impedance gains of Franka's own joint_impedance example controller (Nm/rad, Nms/rad);
 # stiff enough that the arm settles on a target within ~0.1 s (tests/test_sim.py checks it).
@@ -86,10 +86,16 @@ class SimArm:
         names = self.embodiment.joint_names
         self.qpos_idx = np.array([m.joint(n).qposadr[0] for n in names])
         self.dof_idx = np.array([m.joint(n).dofadr[0] for n in names])
-        self.finger_qpos_idx = np.array([m.joint(n).qposadr[0] for n in FINGER_JOINTS])
+        fingers = self.embodiment.gripper.joint_names  # the spec's, as /joint_states names them
+        if len(fingers) != len(FINGER_OPEN):
+            raise UserError(
+                f"spec {self.embodiment.name!r} lists gripper.joint_names {list(fingers)}; "
+                f"the simulated Panda needs its {len(FINGER_OPEN)} finger joints there"
+            )
+        self.finger_qpos_idx = np.array([m.joint(n).qposadr[0] for n in fingers])
         joint_ids = {m.joint(n).id for n in names}
         self.arm_act = np.array([a for a in range(m.nu) if m.actuator_trnid[a, 0] in joint_ids])
-        finger_ids = {m.joint(n).id for n in FINGER_JOINTS}
+        finger_ids = {m.joint(n).id for n in fingers}
         self.finger_act = np.array([a for a in range(m.nu) if m.actuator_trnid[a, 0] in finger_ids])
         # actuator order follows joint order in robosuite's XML; keep them aligned explicitly
         order = [list(names).index(m.joint(m.actuator_trnid[a, 0]).name) for a in self.arm_act]

@@ -196,7 +196,7 @@ class RosbagReader:
         t, spec = self.topics, self.spec
         # velocities only where the spec observes them (or lists no observation at all)
         self.read_vel = "joint_vel" in spec.observation or not spec.observation
-        self.fingers = t.finger_names if "gripper_pos" in spec.observation else []
+        self.fingers = t.finger_names(spec) if "gripper_pos" in spec.observation else []
         want = [*spec.joint_names, *self.fingers]
         self.joints = JointStates(t.joint_states_topic, want, self.max_age)
         self.streams: dict[str, StreamBuffer] = {}

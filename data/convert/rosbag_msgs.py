@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from data import rosmsg
 from data.align import JointStateMerge
 from data.embodiment import Embodiment
 from data.errors import UserError
@@ -31,7 +32,7 @@ class BagTopics:
 
     joint_states_topic: str = "/joint_states"
     camera_topic: str = "/{camera}/image_raw"  # + "/compressed" is tried too when reading
-    gripper_joints: str = "gripper0_right_finger_joint1,gripper0_right_finger_joint2"
+    gripper_joints: str = ""  # comma-separated finger joints; empty: the spec's gripper.joint_names
     eef_pose_topic: str = "/sim_arm/eef_pose"
     object_state_topic: str = "/sim_arm/object_state"
     trajectory_topic: str = "/arm_controller/joint_trajectory"
@@ -44,9 +45,9 @@ class BagTopics:
         if "{camera}" not in self.camera_topic:
             raise UserError(f"camera_topic {self.camera_topic!r} must contain {{camera}}")
 
-    @property
-    def finger_names(self) -> list[str]:
-        return [n for n in self.gripper_joints.split(",") if n]
+    def finger_names(self, spec: Embodiment) -> list[str]:
+        """The finger joints whose positions form gripper_pos (Embodiment.finger_joints)."""
+        return spec.finger_joints(self.gripper_joints)
 
     def camera(self, name: str) -> str:
         return self.camera_topic.format(camera=name)
@@ -125,7 +126,7 @@ def compressed_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str, fmt: str) -
 
 
 def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
-    """sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage -> (H, W, 3) RGB."""
+    """sensor_msgs Image (data/rosmsg.py's encodings) or CompressedImage -> (H, W, 3) RGB."""
     import cv2
 
     if msgtype.endswith("CompressedImage"):
@@ -133,27 +134,10 @@ def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
         if img is None:
             raise UserError(f"{where}: cannot decode compressed image ({msg.format!r})")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    enc = msg.encoding.lower()
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(enc)
-    if channels is None:
-        raise UserError(f"{where}: image encoding {msg.encoding!r} is not supported (use rgb8)")
-    data = np.asarray(msg.data, np.uint8)
-    if (
-        not (msg.height and msg.width)
-        or msg.step < msg.width * channels
-        or (len(data) < msg.height * msg.step)
-    ):
-        raise UserError(
-            f"{where}: a {msg.width}x{msg.height} {enc} image with step {msg.step} cannot hold "
-            f"its {len(data)} bytes of data (damaged message)"
-        )
-    rows = data[: msg.height * msg.step].reshape(msg.height, msg.step)
-    img = rows[:, : msg.width * channels].reshape(msg.height, msg.width, channels)
-    if enc == "mono8":
-        return np.repeat(img, 3, axis=2)
-    if enc.startswith("bgr"):
-        return np.ascontiguousarray(img[..., 2::-1])
-    return np.ascontiguousarray(img[..., :3])
+    try:
+        return np.ascontiguousarray(rosmsg.decode_image(msg))
+    except rosmsg.ImageError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def spec_required(embodiment: Embodiment | None, what: str) -> Embodiment:

@@ -108,7 +108,7 @@ class RosbagWriter:
         if SPEC_TOPIC not in self.conns:
             self._write(SPEC_TOPIC, MARKER_TYPE, int(ticks[0]), _string(types, spec.to_dict()))
         self._write(t.marker_topic, MARKER_TYPE, int(ticks[0]), _string(types, marker))
-        fingers = t.finger_names if "gripper_pos" in steps else []
+        fingers = t.finger_names(spec) if "gripper_pos" in steps else []
         for key in sorted(set(steps) - OWN_KEYS - set(spec.camera_names)):
             if _is_camera(steps[key]):
                 self.report.drop(f"camera {key!r} (not in the spec's cameras)")

@@ -1,9 +1,10 @@
 """numpy/OpenCV <-> sensor_msgs/Image and CompressedImage (cv_bridge is not installable here).
 
-Frames inside handoff are uint8 HWC RGB (what the store and the policies hold). On the wire we
-accept ``rgb8``, ``bgr8`` and ``mono8`` and check ``step`` against width x channels, since a
-wrong step is the usual sign of a driver that pads rows. Assigning ``bytes`` to a message's
-``data`` is fast in rclpy; assigning an ndarray goes element by element (~500x slower).
+Frames inside handoff are uint8 HWC RGB (what the store and the policies hold). We publish
+``rgb8``, ``bgr8`` or ``mono8``; decoding is data/rosmsg.py's ``decode_image`` (shared with the
+rosbag converter, so a live node and a bag accept the same encodings and check ``step`` the
+same way). Assigning ``bytes`` to a message's ``data`` is fast in rclpy; assigning an ndarray
+goes element by element (~500x slower).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from data.rosmsg import ImageError, decode_image
+
+# encodings to_image_msg publishes (decoding accepts data.rosmsg.IMAGE_CHANNELS, a superset)
 CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
-
-
-class ImageError(ValueError):
-    """A malformed image message: reported on /diagnostics, never raised out of a callback."""
 
 
 def to_image_msg(rgb: np.ndarray, encoding: str = "rgb8") -> Image:
@@ -43,29 +43,9 @@ def to_image_msg(rgb: np.ndarray, encoding: str = "rgb8") -> Image:
 def from_image_msg(msg: Image) -> np.ndarray:
     """Image -> (H, W, 3) uint8 RGB (for rgb8 a view of the message's data, not a copy).
 
-    Raises :class:`ImageError` naming what is wrong."""
-    channels = CHANNELS.get(msg.encoding)
-    if channels is None:
-        raise ImageError(
-            f"encoding {msg.encoding!r} is not supported; publish one of {sorted(CHANNELS)}"
-        )
-    h, w = int(msg.height), int(msg.width)
-    if h <= 0 or w <= 0:
-        raise ImageError(f"image size {w}x{h} is empty")
-    row = w * channels
-    if msg.step < row:
-        raise ImageError(f"step {msg.step} is below width*channels = {row}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size != msg.step * h:
-        raise ImageError(f"data has {buf.size} bytes, step*height = {msg.step * h}")
-    pixels = buf.reshape(h, msg.step)[:, :row].reshape(h, w, channels)  # drops row padding
-    if msg.encoding == "rgb8":
-        # a read-only view of the message's buffer (kept alive by the array): no copy at
-        # 30 fps x 0.9 MB per VGA frame; whoever stores it copies it once
-        return pixels
-    if msg.encoding == "bgr8":
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    Raises :class:`ImageError` (reported on /diagnostics, never raised out of a callback)
+    naming what is wrong; see data.rosmsg.decode_image."""
+    return decode_image(msg)
 
 
 def to_compressed_msg(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> CompressedImage:

@@ -100,8 +100,9 @@ class PolicyParams:
     torch_threads: int = param(1, "torch intra-op threads; 1 keeps a core free for DDS")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
     gripper_joints: str = param(
-        "gripper0_right_finger_joint1,gripper0_right_finger_joint2",
-        "finger joints in joint_states that form gripper_pos (when the policy uses it)",
+        "",
+        "comma-separated finger joints in joint_states that form gripper_pos (when the policy "
+        "uses it); empty: the checkpoint spec's gripper.joint_names",
     )
     camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
     eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
@@ -277,7 +278,7 @@ class PolicyNode(LifecycleNode):
             self.policy.input_keys,
             self.diag.problem,
             joint_states_topic=p.joint_states_topic,
-            gripper_joints=[n for n in p.gripper_joints.split(",") if n],
+            gripper_joints=spec.finger_joints(p.gripper_joints),
             camera_topic=p.camera_topic,
             eef_pose_topic=p.eef_pose_topic,
             object_state_topic=p.object_state_topic,

@@ -88,8 +88,9 @@ class RecorderParams:
     image_width: int = param(0, "stored frame width, px; 0: the spec's")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
     gripper_joints: str = param(
-        "gripper0_right_finger_joint1,gripper0_right_finger_joint2",
-        "finger joints in joint_states recorded as gripper_pos (when the spec has it)",
+        "",
+        "comma-separated finger joints in joint_states recorded as gripper_pos (when the spec "
+        "has it); empty: the spec's gripper.joint_names",
     )
     eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
     object_state_topic: str = param("/sim_arm/object_state", "privileged object state (sim)")
@@ -158,7 +159,7 @@ class RecorderNode(Node):
         spec = self.spec = recorder_spec(p)
         self.store = open_store(p.store, spec)
         obs = spec.observation
-        fingers = [n for n in p.gripper_joints.split(",") if n] if "gripper_pos" in obs else []
+        fingers = spec.finger_joints(p.gripper_joints) if "gripper_pos" in obs else []
         self.joint_names = [*spec.joint_names, *fingers]
         self.merge = JointStateMerge(p.max_age_s)
         self.stamps = StampCheck(p.future_stamp_tolerance_s)

@@ -37,8 +37,6 @@ from handoff_ros.commands import Trajectory, forward_from_msg, trajectory_from_m
 from handoff_ros.images import camera_info, to_compressed_msg, to_image_msg
 from handoff_ros.rosutil import OK, WARN, Diagnostics, declare_params, param, run_node
 
-FINGER_NAMES = ("gripper0_right_finger_joint1", "gripper0_right_finger_joint2")
-
 
 @dataclass
 class SimArmParams:
@@ -191,9 +189,9 @@ class SimArmNode(Node):
             self.pub_clock.publish(ClockMsg(clock=stamp))
         js = JointState()
         js.header.stamp = stamp
-        js.name = [*self.spec.joint_names, *FINGER_NAMES]
+        js.name = [*self.spec.joint_names, *self.spec.gripper.joint_names]
         js.position = [*map(float, q), *map(float, fingers)]
-        js.velocity = [*map(float, dq), 0.0, 0.0]
+        js.velocity = [*map(float, dq), *(0.0 for _ in fingers)]
         self.pub_js.publish(js)
         pose = PoseStamped()
         pose.header.stamp, pose.header.frame_id = stamp, "robot0_base"

@@ -24,17 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from handoff_ros.rosutil import use_dds_profile
-
-# A tiny ACT through the same --set overrides a user has (the project's tests use it too)
-TINY_ACT = [
-    "policy.dim_model=32",
-    "policy.n_heads=2",
-    "policy.dim_feedforward=64",
-    "policy.n_encoder_layers=1",
-    "policy.n_vae_encoder_layers=1",
-    "policy.horizon=8",
-    "policy.latent_dim=4",
-]
+from handoff_ros.tiny import SIM_HOME, TINY_ACT, train_tiny_checkpoint  # noqa: F401  (re-exported)
 
 _counter = 0
 
@@ -197,41 +187,3 @@ class Probe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# the sim Panda's initial pose in the lift scene (robosuite's init_qpos), rad
-SIM_HOME = (0.0, 0.19, 0.01, -2.6, -0.01, 2.95, 0.81)
-
-
-def train_tiny_checkpoint(root: Path, offset: float = 0.3, steps: int = 10) -> Path:
-    """A tiny state-only ACT trained with handoff-train for a few steps, on demonstrations
-    that command joint 1 ``offset`` rad away from where it is. Returns the run directory."""
-    import numpy as np
-
-    from data.embodiment import load_embodiment
-    from data.store import DemoStore
-    from policies.train import main
-
-    spec = load_embodiment("sim_panda").with_cameras([], None)
-    store = DemoStore.create(root / "demo.zarr", spec, force=True)
-    rng = np.random.default_rng(0)
-    home = np.asarray(SIM_HOME, np.float32)
-    for e in range(3):
-        q = home + rng.normal(0, 0.02, (30, 7)).astype(np.float32)
-        action = np.concatenate([q, np.ones((30, 1), np.float32)], 1)
-        action[:, 0] += offset
-        store.append_episode(
-            {"joint_pos": q, "joint_vel": np.zeros_like(q), "action": action},
-            task="lift",
-            source="scripted",
-            success=True,
-            seed=e,
-        )
-    argv = ["--policy", "act", "--data", str(root / "demo.zarr"), "--out", str(root / "run")]
-    argv += ["--steps", str(steps), "--batch-size", "4", "--device", "cpu", "--no-progress"]
-    argv += ["--force"]
-    for s in [*TINY_ACT, f"train.save_every={steps}", "train.warmup_steps=2"]:
-        argv += ["--set", s]
-    if main(argv) != 0:
-        raise RuntimeError("handoff-train failed on the tiny checkpoint")
-    return root / "run"
