@@ -78,6 +78,20 @@ def save_policy(policy: Policy, path: str | Path, train_meta: dict[str, Any] | N
     return path
 
 
+def copy_weights(source: nn.Module, target: nn.Module, where: str) -> None:
+    """Load ``source``'s weights into ``target`` (the same network), checked tensor by tensor:
+    a ``--set policy.*`` that changed the network is named (UserError, prefixed ``where``)
+    instead of half-loaded."""
+    theirs = source.state_dict()
+    for k, v in target.state_dict().items():
+        if k not in theirs or theirs[k].shape != v.shape:
+            raise UserError(
+                f"{where}: the network differs from the checkpoint's at {k!r}; drop the "
+                f"--set policy.* that changes it"
+            )
+    target.load_state_dict(theirs, strict=True)
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Move directory ``src`` to ``dst``, replacing ``dst`` in one atomic swap where the file
     system allows (:func:`data.outputs.publish`): a crash leaves the old or the new checkpoint."""

@@ -425,19 +425,6 @@ def init_settings(path: str, policy: str | None) -> tuple[str, dict[str, Any]]:
     return cls.name, config.to_dict()
 
 
-def init_from(policy: Any, base: Any, path: str) -> None:
-    """Copy the ``--init`` checkpoint's weights into ``policy`` (same network, checked tensor by
-    tensor, so a --set that changes the network is named instead of half-loaded)."""
-    theirs, mine = base.state_dict(), policy.state_dict()
-    for k, v in mine.items():
-        if k not in theirs or theirs[k].shape != v.shape:
-            raise UserError(
-                f"--init {path}: the network differs from the checkpoint's at {k!r}; drop the "
-                f"--set policy.* that changes it"
-            )
-    policy.load_state_dict(theirs, strict=True)
-
-
 def store_cameras(args: argparse.Namespace) -> list[str]:
     """The cameras of ``--data`` (with ``--embodiment``'s spec, if given), to pick a recipe."""
     from data.convert.lerobot_store import open_store
@@ -538,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     if teacher:
         init_student(policy, teacher)
     if base is not None and not args.resume:  # a resumed run loads its own last weights
-        init_from(policy, base, run["init"])
+        from policies.checkpoint import copy_weights
+
+        copy_weights(base, policy, f"--init {run['init']}")
     run.update(policy_config=config.to_dict(), train=train_cfg.to_dict())
     # built before anything is written: a refusal (too few samples for a batch) leaves nothing
     meta = {

@@ -87,15 +87,9 @@ def init_student(student: DiffusionPolicy, teacher: DiffusionPolicy) -> None:
             f"{student.config.inference_scheduler!r}; use the distill_cpu recipe or "
             f"--set policy.inference_scheduler=consistency"
         )
-    theirs = teacher.state_dict()
-    mine = student.state_dict()
-    for k, v in mine.items():
-        if k not in theirs or theirs[k].shape != v.shape:
-            raise UserError(
-                f"the student's network differs from the teacher's at {k!r}: a student keeps "
-                f"its teacher's network; drop the --set policy.* that changes it"
-            )
-    student.load_state_dict(theirs, strict=True)
+    from policies.checkpoint import copy_weights
+
+    copy_weights(teacher, student, "--distill-from (a student keeps its teacher's network)")
 
 
 def ddim_step(
