@@ -108,10 +108,11 @@ def test_policy_node_runs_the_runner_scheme_and_delay_it_is_given(sim, checkpoin
         assert probe.spin_until(lambda: len(probe.msgs[FORWARD]) >= 40, 90), policy.log()
         period = np.diff(stamps(probe.msgs[FORWARD][-30:]))
         assert abs(np.median(period) - 0.05) < 0.01, period
-        has = lambda: "held_ticks" in probe.diagnostic_values("/policy")  # noqa: E731
-        assert probe.spin_until(has, 5), probe.diagnostic_values("/policy")
+        # this node's report (an earlier test's policy node may have left a last one behind)
+        has = lambda: probe.diagnostic_values("/policy").get("inference_delay_ticks") == "3"  # noqa: E731
+        assert probe.spin_until(has, 10), probe.diagnostic_values("/policy")
         values = probe.diagnostic_values("/policy")
-        assert values["scheme"] == "rtc" and values["inference_delay_ticks"] == "3"
+        assert values["scheme"] == "rtc"
         assert int(values["held_ticks"]) >= 3  # the first chunk is usable at tick 3
         assert float(values["chunk_boundary_jump_rad"]) >= 0
         # one chunk per execute_steps (horizon 8 // 2 = 4 actions): ~5 per second at 20 Hz
