@@ -198,6 +198,7 @@ class PolicyRunner:
         self.stats = SeamStats()
         self._prev: tuple[np.ndarray, Any] | None = None  # (action, source) of the last tick
         self._ids = 0
+        self._adopted: list[tuple[np.ndarray, int, float]] = []  # for the observers
 
     def close(self) -> None:
         self._drop_inflight()
@@ -226,24 +227,42 @@ class PolicyRunner:
             self.safety.observe(*joints)
         k = self.k
         self.k += 1
-        if obs is not None:
-            prepare = getattr(self.policy, "prepare_step", None)
-            obs = prepare(obs) if prepare is not None else obs
-            if not self.history:
-                self.history.extend([obs] * self.history.maxlen)
-            self.history.append(obs)
-        self._collect(k)
+        # Only what the command needs runs before ``send``: on the node the period error is
+        # how much this part varies. Preparing the observation (tensors; images) and the
+        # chunk observers (the node builds a trajectory message of H points) wait until after.
         early = self.config.delay == 0
+        if early:
+            self._observe(obs)
+        self._collect(k)
         if early and self._due(k, acted=False):
             self._launch(k)
         action, source = self._action(k)
         result = self._filter(action, now)
         if send is not None and result.command is not None:
             send(result.command)
+        if not early:
+            self._observe(obs)
         self._record(k, action, source)
         if not early and self._due(k, acted=True):
             self._launch(k)
+        self._notify()
         return result
+
+    def _observe(self, obs: dict[str, np.ndarray] | None) -> None:
+        if obs is None:
+            return
+        prepare = getattr(self.policy, "prepare_step", None)
+        obs = prepare(obs) if prepare is not None else obs
+        if not self.history:
+            self.history.extend([obs] * self.history.maxlen)
+        self.history.append(obs)
+
+    def _notify(self) -> None:
+        """Call the ``on_chunk`` observers for the chunks adopted this tick."""
+        adopted, self._adopted = self._adopted, []
+        for chunk, tick, ms in adopted:
+            for fn in self.on_chunk:
+                fn(chunk, tick, ms)
 
     def _filter(self, action: np.ndarray | None, now: float) -> FilterResult:
         if self.safety is None:
@@ -328,8 +347,7 @@ class PolicyRunner:
             for t in range(inf.tick, min(k, inf.tick + len(chunk))):
                 if t in self.committed:
                     chunk[t - inf.tick] = self.committed[t]
-        for fn in self.on_chunk:
-            fn(chunk, inf.tick, inf.ms)
+        self._adopted.append((chunk, inf.tick, inf.ms))  # observers run after the send
         self._ids += 1
         self.stats.chunks += 1
         if self.scheme == "ensemble":
