@@ -338,6 +338,49 @@ class DemoStore:
             )
         return cls(root, s, read_only=read_only or fmt == 2, zarr_format=fmt, verify=verify)
 
+    @classmethod
+    def open_or_create(cls, path: str | Path, embodiment: Embodiment) -> DemoStore:
+        """Open ``path`` to append episodes of ``embodiment``, or create it with that spec.
+
+        An existing store must carry a spec that matches: joint names, control rate, cameras
+        (names and H, W, C) and observation keys with their shapes; otherwise a UserError names
+        the store and each field that differs (store's first), since episodes of two arms or
+        camera sets in one store break training on it. Used by handoff-collect and the recorder.
+        """
+        s = str(path)
+        if "://" in s and not s.startswith("file://"):
+            import fsspec
+
+            fs, inner = fsspec.core.url_to_fs(s)
+            exists = fs.exists(inner)
+        else:
+            exists = Path(s.removeprefix("file://")).exists()
+        if not exists:
+            return cls.create(s, embodiment)
+        store = cls.open(s, "a")
+        have = store.embodiment
+        if have is None:
+            raise UserError(f"{s}: the store has no embodiment spec to check; write a new store")
+        problems = have.compatible_with(embodiment)
+        if have.camera_names != embodiment.camera_names or any(
+            have.camera(c).shape != embodiment.camera(c).shape for c in embodiment.camera_names
+        ):
+            problems.append(
+                f"cameras differ: {[(c.name, c.shape) for c in have.cameras]} vs "
+                f"{[(c.name, c.shape) for c in embodiment.cameras]}"
+            )
+        if set(have.observation) != set(embodiment.observation):
+            problems.append(
+                f"observation keys differ: {sorted(have.observation)} vs "
+                f"{sorted(embodiment.observation)}"
+            )
+        if problems:
+            raise UserError(
+                f"{s}: cannot append, the embodiment differs from the store's "
+                f"({'; '.join(problems)}); write into another store"
+            )
+        return store
+
     def _read_ends(self) -> np.ndarray:
         """``meta/episode_ends``, checked before it is trusted.
 

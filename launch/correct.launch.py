@@ -80,7 +80,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("checkpoint", description="checkpoint or run directory"),
             DeclareLaunchArgument("robot", default_value="sim", description="sim or real"),
             DeclareLaunchArgument(
-                "device", default_value="joy", description="joy, keyboard, spacemouse or leader"
+                "device",
+                default_value="joy",
+                description="a teleop device: joy, keyboard, spacemouse, leader or scripted",
             ),
             DeclareLaunchArgument(
                 "controller", default_value="forward", description="forward or joint_trajectory"

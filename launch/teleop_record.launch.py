@@ -38,7 +38,9 @@ def generate_launch_description() -> LaunchDescription:
         [
             DeclareLaunchArgument("robot", default_value="sim", description="sim or real"),
             DeclareLaunchArgument(
-                "device", default_value="joy", description="joy, keyboard, spacemouse or leader"
+                "device",
+                default_value="joy",
+                description="a teleop device: joy, keyboard, spacemouse, leader or scripted",
             ),
             DeclareLaunchArgument(
                 "store", default_value="demos/teleop.zarr", description="zarr store to append to"

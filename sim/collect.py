@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from data.embodiment import Embodiment
 from data.errors import UserError, cli_main
 from data.outputs import check_output, check_writable, is_url, publish, remove, staging_if_exists
 from data.store import DemoStore
@@ -68,30 +67,6 @@ def _collect_one(task: Any, seed: int) -> tuple[int, dict[str, np.ndarray], bool
 
     steps, success = run_episode(task, seed)
     return seed, {k: np.stack(v) for k, v in steps.items()}, success
-
-
-def check_store_matches(store: DemoStore, spec: Embodiment) -> None:
-    """Refuse to append episodes of ``spec`` to a store recorded with another embodiment."""
-    have = store.embodiment
-    if have is None:
-        raise UserError(f"{store.path}: store has no embodiment spec; collect into a new store")
-    problems = have.compatible_with(spec)
-    if have.camera_names != spec.camera_names or any(
-        have.camera(c).shape != spec.camera(c).shape for c in spec.camera_names
-    ):
-        problems.append(
-            f"cameras differ: store {[(c.name, c.shape) for c in have.cameras]} vs "
-            f"{[(c.name, c.shape) for c in spec.cameras]}"
-        )
-    if set(have.observation) != set(spec.observation):
-        problems.append(
-            f"observation keys differ: {sorted(have.observation)} vs {sorted(spec.observation)}"
-        )
-    if problems:
-        raise UserError(
-            f"{store.path}: cannot append, embodiment differs ({'; '.join(problems)}); "
-            f"use another --out or --force to overwrite"
-        )
 
 
 def check_store_task(store: DemoStore, task: str, seed: int | None, episodes: int) -> int:
@@ -151,8 +126,7 @@ def collect(
     if appending:
         if Path(out).is_dir():
             check_writable(Path(out) / "data" / "x")  # appends land inside the store
-        store = DemoStore.open(out, "a")
-        check_store_matches(store, spec)
+        store = DemoStore.open_or_create(out, spec)
         seed = check_store_task(store, task, seed, episodes)
     else:  # an existing store (--force) is replaced only when this run completes
         stage = staging_if_exists(out)
@@ -289,12 +263,10 @@ def collect_corrected(
         load_embodiment("sim_panda").with_cameras(list(cameras), image_size)
     )
     created = not Path(out).exists()
+    store = DemoStore.open_or_create(out, spec)
     if created:
-        store = DemoStore.create(out, spec)
         seed = 0 if seed is None else seed
     else:
-        store = DemoStore.open(out, "a")
-        check_store_matches(store, spec)
         seed = check_store_task(store, task, seed, episodes)
     setup = functools.partial(_CorrectedWorker, checkpoint, task, style, cameras, image_size)
     written = successes = n_steps = corrector_steps = 0

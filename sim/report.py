@@ -67,22 +67,16 @@ def write_video(
     labels: list[dict[str, Any]] | None = None,
 ) -> None:
     """H.264 mp4 of the episodes one after another; each (T, H, W, 3) uint8. With ``labels``
-    (one {seed, success, length} per episode) every frame carries :func:`overlay`."""
-    import av
+    (one {seed, success, length} per episode) every frame carries :func:`overlay`. Written by
+    data/video.py at x264's default quality (crf 23): a record to watch, not data."""
+    from data.video import write_mp4
 
-    H, W = episodes[0].shape[1:3]
-    if labels:
-        H, W = H * VIDEO_SCALE, W * VIDEO_SCALE
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = W, H
-        stream.pix_fmt = "yuv420p"
-        for i, frames in enumerate(episodes):
-            for t, frame in enumerate(frames):
-                img = overlay(frame, labels[i], t) if labels else frame
-                packet = stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24"))
-                container.mux(packet)
-        container.mux(stream.encode())
+    frames = (
+        overlay(frame, labels[i], t) if labels else frame
+        for i, episode in enumerate(episodes)
+        for t, frame in enumerate(episode)
+    )
+    write_mp4(path, frames, fps)
 
 
 def write_summary_png(path: Path, report: dict[str, Any], latency_ms: np.ndarray) -> None:

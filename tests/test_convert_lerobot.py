@@ -17,7 +17,7 @@ from data.errors import UserError
 from data.store import DemoStore
 from tests.test_convert_common import assert_lowdim_equal, frames, make_store, psnr
 
-MIN_PSNR_DB = 35.0  # H.264 at crf 18 (data/convert/video.py) on camera-like frames
+MIN_PSNR_DB = 35.0  # H.264 at crf 18 (data/convert/lerobot.py) on camera-like frames
 
 
 def test_handoff_to_lerobot_v3_and_back(tmp_path):

@@ -1,4 +1,5 @@
-"""camera node over real DDS: a video file stands in for the device."""
+"""Camera sources behind their interface, then the camera node over real DDS: a video file
+stands in for the device (and the simulated twin renders a sim scene)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
+from data.errors import UserError  # noqa: E402
+from handoff_ros.camera import CameraParams  # noqa: E402
+from handoff_ros.camera_sources import CAMERA_SOURCES, CameraSource, GrabThread  # noqa: E402
 from handoff_ros.images import from_compressed_msg, from_image_msg  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
 from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
@@ -30,6 +34,88 @@ def write_clip(path, n=30, size=(160, 120)) -> None:
         cv2.putText(frame, str(i), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
         out.write(frame)
     out.release()
+
+
+def read_frame(cam: CameraSource, timeout: float) -> tuple[float, np.ndarray] | None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        frame = cam.read()
+        if frame is not None:
+            return frame
+        time.sleep(0.01)
+    return None
+
+
+def test_camera_sources_are_found_by_name_and_an_unknown_name_lists_them():
+    assert CAMERA_SOURCES.names() == ["opencv", "sim"]
+    for name in CAMERA_SOURCES:
+        cls = CAMERA_SOURCES.get(name)
+        assert issubclass(cls, CameraSource) and cls.name == name
+        assert cls.__module__ == f"handoff_ros.camera_sources.{name}"
+    with pytest.raises(UserError, match="unknown camera source 'usb'; choose one of: opencv, sim"):
+        CAMERA_SOURCES.get("usb")
+    with pytest.raises(ValueError, match="choose one of: opencv, sim"):
+        CameraParams(driver="usb")  # the node exits 2 with this line
+    p = CameraParams(source="/dev/video97", width=64, height=48)
+    cam = CAMERA_SOURCES.get("opencv").from_params(p, time.time)
+    assert (cam.source, cam.width, cam.height, cam.is_file) == ("/dev/video97", 64, 48, False)
+    with pytest.raises(ValueError, match="simulated camera 'front'"):
+        CAMERA_SOURCES.get("sim").from_params(CameraParams(driver="sim", source="front"), time.time)
+
+
+def test_opencv_source_reads_newest_frames_once_and_closes_as_a_context_manager(tmp_path):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, n=10)
+    t0 = time.time()
+    with CAMERA_SOURCES.get("opencv")(str(clip), 64, 48, 50.0, reconnect_s=0.2) as cam:
+        assert cam.connected
+        first = read_frame(cam, 10)
+        assert first is not None, cam.error
+        stamp, rgb = first
+        assert t0 <= stamp <= time.time()
+        assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+        assert rgb[5, 5, 0] > 150 and rgb[5, 5, 2] < 60  # RGB, not OpenCV's BGR
+        stamps = [stamp]
+        for _ in range(15):  # past the clip's end: it loops
+            frame = read_frame(cam, 5)
+            assert frame is not None, cam.error
+            stamps.append(frame[0])
+        assert np.all(np.diff(stamps) > 0)  # never the same frame twice
+        assert cam.streaming and cam.frames_read >= 16
+    assert not cam.connected and not cam._thread.is_alive()
+    cam.close()  # idempotent
+
+
+def test_a_source_that_fails_is_reported_and_retried_not_raised():
+    class Flaky(GrabThread):
+        """Opens on the second try, delivers two frames, then stops."""
+
+        opens = 0
+
+        def _open(self) -> bool:
+            self.opens += 1
+            self.error = "" if self.opens > 1 else "not yet"
+            return self.opens > 1
+
+        def _grab(self) -> np.ndarray | None:
+            return np.full((4, 6, 3), 7, np.uint8) if self.frames_read < 2 else None
+
+        def _release(self) -> None:
+            pass
+
+        @classmethod
+        def from_params(cls, p: object, clock: object) -> GrabThread:
+            raise NotImplementedError("built directly in this test")
+
+    with Flaky("flaky", 12, 8, 100.0, reconnect_s=0.05) as cam:
+        frame = read_frame(cam, 5)
+        assert frame is not None and frame[1].shape == (8, 12, 3)  # resized to the mode asked
+        deadline = time.monotonic() + 5
+        while cam.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cam.opens >= 3 and cam.reconnects >= 1 and cam.frames_read == 2
+    assert not cam._thread.is_alive()
+    assert not cam.streaming and "'flaky' stopped delivering" in cam.error
 
 
 def test_camera_from_video_file(tmp_path):
@@ -152,3 +238,20 @@ def test_raw_vga_frames_cross_dds_whole(tmp_path):
     assert received >= n2 - n1 - 3, f"{received} of {n2 - n1} frames arrived"
     _, last = probe.msgs["/vga/image_raw"][-1]
     assert (last.width, last.height, len(last.data)) == (640, 480, 640 * 480 * 3)
+
+
+def test_camera_node_with_the_simulated_twin(tmp_path):
+    """driver:=sim renders a sim task's camera: the node publishes it like a device."""
+    dom = fresh_domain_id()
+    params = {"driver": "sim", "source": "lift/agentview", "width": 32, "height": 24, "fps": 5.0}
+    cam = NodeProcess("camera", dom, params, tmp_path)
+    bad = NodeProcess("camera", dom, {"driver": "usb"}, tmp_path)
+    bad.proc.wait(timeout=30)
+    assert bad.proc.returncode == 2 and "choose one of: opencv, sim" in bad.log(), bad.log()
+    bad.stop()
+    with nodes(cam), Probe(dom) as probe:
+        probe.subscribe(Image, "/image_raw", qos_profile_sensor_data)
+        assert probe.spin_until(lambda: len(probe.msgs["/image_raw"]) >= 2, 120), cam.log()
+        rgb = from_image_msg(probe.msgs["/image_raw"][-1][1])
+        assert rgb.shape == (24, 32, 3) and rgb.std() > 5  # a rendered scene, not a blank
+        assert cam.alive()

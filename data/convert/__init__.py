@@ -3,13 +3,15 @@
     from data.convert import convert
     report = convert("demos.hdf5", "demos.zarr", "robomimic", "handoff")
 
-Formats are found by name in :data:`FORMATS` (``data.registry.Registry``); each module in this
-package registers one. Conversion streams one episode at a time (see data/convert/base.py):
-a new handoff output is appended episode by episode (an interrupted run leaves a valid store
-of the finished ones); other outputs, and any output that replaces an existing DST
-(``--force``), are built in ``.DST.partial`` and swapped in only when complete (data/outputs.py),
-so DST is never deleted before its replacement is whole, and a DST that is, holds or lies
-inside SRC is refused before anything is read.
+Formats are found by name in :data:`FORMATS` (``data.registry.Registry``): each converter is
+one module of this package that registers its :class:`Format`, with its options declared on it
+(:class:`Option`: name, type, default, help), and is found by :func:`load_formats`; the options
+become ``handoff-data convert`` flags (data/convert/cli.py). Conversion streams one episode at
+a time (see data/convert/base.py): a new handoff output is appended episode by episode (an
+interrupted run leaves a valid store of the finished ones); other outputs, and any output that
+replaces an existing DST (``--force``), are built in ``.DST.partial`` and swapped in only when
+complete (data/outputs.py), so DST is never deleted before its replacement is whole, and a DST
+that is, holds or lies inside SRC is refused before anything is read.
 
 What a round trip handoff -> X -> handoff keeps (the report's ``not_carried`` / ``notes``
 say it per run):
@@ -29,6 +31,17 @@ rosbag2    bit-exact               exact (rgb8 Image)              episode meta,
 Importing from a foreign source: robomimic float64 arrays become float32 (handoff's low-dim
 dtype) and ``model_file`` XML is not kept; LeRobot string columns are dropped; a rosbag is
 resampled at the control rate with data/align.py (the recorder's rule).
+
+Adding a format is one module, ``data/convert/<name>.py`` (helpers ``<name>_<part>.py``)::
+
+    class MyReader: ...                      # base.Reader: __len__, episodes(), close()
+    class MyWriter: ...                      # base.Writer: write(episode), close(), abort()
+    FORMATS.register("mine")(Format("mine", "what it is", MyReader, MyWriter,
+        write_options=(Option("fps", "frame rate (default: the spec's)", float),)))
+
+Its options are then ``--fps`` on the command line, listed under ``handoff-data convert
+--help``, checked by name, and passed to the reader/writer as keywords (declared default when
+not given).
 """
 
 from __future__ import annotations
@@ -37,13 +50,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.convert import handoff, lerobot, robomimic, rosbag  # noqa: F401  (registers formats)
-from data.convert.base import FORMATS, Episode, Format, Report
+from data.convert.base import FORMATS, Episode, Format, Option, Report, load_formats
 from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
 from data.outputs import check_output
 
-__all__ = ["FORMATS", "Episode", "Format", "Report", "convert"]
+__all__ = ["FORMATS", "Episode", "Format", "Option", "Report", "convert"]
+
+load_formats()
 
 
 def convert(
@@ -61,7 +75,8 @@ def convert(
 
     ``embodiment`` (a spec name, YAML path or Embodiment) overrides the one the source carries;
     reading a rosbag2 needs one. ``options`` are format options (e.g. ``fps``, ``video_codec``,
-    ``gap_s``); each must be understood by one of the two formats.
+    ``gap_s``); each must be declared by one of the two formats (UserError naming it and the
+    valid ones otherwise); a declared option not given takes its declared default.
     """
     fin, fout = FORMATS.get(from_format), FORMATS.get(to_format)
     if fin.open_reader is None:
@@ -70,7 +85,7 @@ def convert(
     if fout.open_writer is None:
         writable = [n for n in FORMATS if FORMATS.get(n).open_writer]
         raise UserError(f"format {to_format!r} cannot be written; writable formats: {writable}")
-    known = set(fin.read_options) | set(fout.write_options)
+    known = {o.name for o in (*fin.read_options, *fout.write_options)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(
@@ -86,7 +101,7 @@ def convert(
 
     report = Report(str(src), str(dst), from_format, to_format)
     t0 = time.perf_counter()
-    reader = fin.open_reader(src, report, spec, **_pick(options, fin.read_options))
+    reader = fin.open_reader(src, report, spec, **_side(options, fin.read_options))
     try:
         writer = fout.open_writer(
             dst,
@@ -94,7 +109,7 @@ def convert(
             reader,
             spec or reader.embodiment,
             force=force,
-            **_pick(options, fout.write_options),
+            **_side(options, fout.write_options),
         )
         try:
             _pump(reader, writer, report, progress)
@@ -136,5 +151,6 @@ def _pump(reader: Any, writer: Any, report: Report, progress: bool) -> None:
     report.keys = sorted(keys)
 
 
-def _pick(options: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k in names}
+def _side(options: dict[str, Any], declared: tuple[Option, ...]) -> dict[str, Any]:
+    """The keyword options of one side: each declared option, given or its default."""
+    return {o.name: options.get(o.name, o.default) for o in declared}

@@ -10,8 +10,11 @@ formats carry (``reward``, ``done``, ``sim_state``) keep those names.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -118,25 +121,67 @@ class Writer(Protocol):
 
 
 @dataclass(frozen=True)
+class Option:
+    """A format option, declared once on its :class:`Format`.
+
+    The declaration is the whole definition: ``convert()`` checks option names against it and
+    passes ``default`` when an option is not given, and ``handoff-data convert`` makes it the
+    flag ``--name-with-dashes`` (read as ``type``, restricted to ``choices``) with ``help``.
+    A ``default`` of None means the reader or writer works the value out (``help`` says how).
+    """
+
+    name: str  # the reader's/writer's keyword argument (snake_case)
+    help: str
+    type: type = str  # str, int or float: how the flag's text is read
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.type not in (str, int, float):
+            raise TypeError(f"option {self.name!r}: a keyword name and a str/int/float type")
+
+
+@dataclass(frozen=True)
 class Format:
     """A registered format: how to recognise, read and write it.
 
     ``open_reader(path, report, embodiment, **options)`` and
     ``open_writer(path, report, reader, embodiment, **options)``; either may be None.
-    ``read_options``/``write_options`` list the keyword options each side understands
-    (checked before anything is opened).
+    ``read_options``/``write_options`` declare the keyword options each side takes
+    (:class:`Option`; checked before anything is opened).
     """
 
     name: str
     description: str
     open_reader: Any = None
     open_writer: Any = None
-    read_options: tuple[str, ...] = ()
-    write_options: tuple[str, ...] = ()
+    read_options: tuple[Option, ...] = ()
+    write_options: tuple[Option, ...] = ()
     urls: bool = False  # SRC/DST may be fsspec URLs (s3://...), not only local paths
+
+    def __post_init__(self) -> None:
+        for side in (self.read_options, self.write_options):
+            names = [o.name for o in side]
+            if len(set(names)) != len(names):
+                raise TypeError(f"format {self.name!r} declares an option twice: {names}")
 
 
 FORMATS: Registry[Format] = Registry("format")
+PLUMBING = ("base", "cli")  # modules of this package that are not converters
+
+
+def load_formats() -> Registry[Format]:
+    """:data:`FORMATS` with every converter registered: the package's modules are imported.
+
+    A converter is one module ``data/convert/<name>.py`` (no underscore) that registers its
+    :class:`Format` with ``FORMATS.register``; its helpers are ``<name>_<part>.py`` modules it
+    imports itself (lazily where heavy). Adding a format is adding that module: nothing else
+    lists the formats.
+    """
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if "_" not in info.name and info.name not in PLUMBING:
+            importlib.import_module(f"{__package__}.{info.name}")
+    return FORMATS
 
 
 def require_keys(where: str, have: list[str] | set[str], need: list[str]) -> None:
@@ -169,6 +214,11 @@ def source_rate(where: str, rate: Any, embodiment: Embodiment | None) -> float |
             f"{embodiment.control_hz:g}; pass an embodiment with control_hz {hz:g}"
         )
     return hz
+
+
+DROP_KEYS = Option(
+    "drop_keys", "comma-separated keys to leave out (a column the source never measured)"
+)
 
 
 def drop_keys_option(value: Any) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from data.convert.base import (
+    DROP_KEYS,
     FORMATS,
     RATE_ATTR,
     Episode,
@@ -116,7 +117,7 @@ FORMATS.register("handoff")(
         description="handoff zarr demonstration store (directory)",
         open_reader=HandoffReader,
         open_writer=HandoffWriter,
-        read_options=("drop_keys",),
+        read_options=(DROP_KEYS,),
         urls=True,  # DemoStore opens fsspec URLs (DESIGN.md: stores on object storage)
     )
 )

@@ -40,18 +40,31 @@ import numpy as np
 
 from data.convert.base import (
     DONE,
+    DROP_KEYS,
     FORMATS,
     REWARD,
     Episode,
     Format,
+    Option,
     Report,
     checked_episode,
     drop_keys_option,
     source_rate,
 )
-from data.convert.video import DEFAULT_TOLERANCE_S, VideoDecoder
 from data.embodiment import Embodiment
 from data.errors import UserError
+from data.video import VideoDecoder
+
+# Cameras are H.264 video (data/video.py). crf 18 is x264's "visually lossless" point: frames
+# decode at >= 35 dB PSNR on camera-like content (tests/test_convert_lerobot.py checks it);
+# that loss is what a video round trip costs. A keyframe every 2nd frame follows LeRobot's
+# encoder default (``g=2``): random access (training-time seeking) stays cheap.
+DEFAULT_CRF = 18
+DEFAULT_GOP = 2
+# How far a frame's time may be from a row's timestamp: LeRobot's default ``tolerance_s``
+# (LeRobotDataset), far below any frame period yet above float32 timestamp rounding (< 1e-5 s
+# for episodes under ~100 s).
+DEFAULT_TOLERANCE_S = 1e-4
 
 STATE, ENV_STATE, IMAGES = (
     "observation.state",
@@ -483,7 +496,23 @@ FORMATS.register("lerobot")(
         description="LeRobotDataset directory (read v2.1/v3.0, write v3.0)",
         open_reader=LeRobotReader,
         open_writer=_open_writer,
-        read_options=("tolerance_s", "drop_keys"),
-        write_options=("fps", "video_codec", "crf", "images", "task"),
+        read_options=(
+            Option(
+                "tolerance_s",
+                "seconds a video frame may lie from its row's timestamp",
+                float,
+                DEFAULT_TOLERANCE_S,
+            ),
+            DROP_KEYS,
+        ),
+        write_options=(
+            Option("fps", "frame rate for LeRobot output (default: the spec's)", float),
+            Option("video_codec", "LeRobot video encoder (default libx264, H.264)"),
+            Option("crf", "video quality, lower is better", int, DEFAULT_CRF),
+            Option(
+                "images", "LeRobot cameras: video or png (lossless)", str, "video", ("video", "png")
+            ),
+            Option("task", "task name for episodes whose source has none"),
+        ),
     )
 )

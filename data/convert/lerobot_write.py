@@ -26,6 +26,8 @@ from data.convert.base import (
     staging_dir,
 )
 from data.convert.lerobot import (
+    DEFAULT_CRF,
+    DEFAULT_GOP,
     ENV_STATE,
     HANDOFF_INFO,
     IMAGES,
@@ -33,10 +35,10 @@ from data.convert.lerobot import (
     STATE,
     TIMESTAMP_COLUMN,
 )
-from data.convert.video import DEFAULT_CRF, VideoEncoder, pick_codec
 from data.dataset import Moments
 from data.embodiment import Embodiment
 from data.errors import UserError
+from data.video import VideoEncoder, pick_codec
 
 # LeRobot v3.0 defaults (lerobot/datasets/utils.py): files per chunk and file size limits
 CHUNKS_SIZE = 1000
@@ -236,7 +238,7 @@ class LeRobotWriter:
         if enc is None:
             rel = VIDEO_PATH.format(video_key=key, chunk_index=pos.chunk, file_index=pos.file)
             enc = self.encoders[key] = VideoEncoder(
-                self.tmp / rel, self.fps, frames.shape[1:3], self.codec, self.crf
+                self.tmp / rel, self.fps, frames.shape[1:3], self.codec, self.crf, DEFAULT_GOP
             )
         start = enc.n_frames
         enc.add(frames)

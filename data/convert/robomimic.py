@@ -28,6 +28,7 @@ import numpy as np
 
 from data.convert.base import (
     DONE,
+    DROP_KEYS,
     FORMATS,
     REWARD,
     SIM_STATE,
@@ -336,6 +337,6 @@ FORMATS.register("robomimic")(
         description="robomimic HDF5 (data/demo_N/{obs,actions,rewards,dones,states}, mask/)",
         open_reader=RobomimicReader,
         open_writer=RobomimicWriter,
-        read_options=("drop_keys",),
+        read_options=(DROP_KEYS,),
     )
 )

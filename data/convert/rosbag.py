@@ -39,15 +39,18 @@ import numpy as np
 
 from data.align import StampCheck, align, common_span, control_grid, split_at_gaps
 from data.convert.base import (
+    DROP_KEYS,
     FORMATS,
     Episode,
     Format,
+    Option,
     Report,
     checked_episode,
     drop_keys_option,
 )
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
+    IMAGE_FORMATS,
     KEYS_FIELD,
     MARKER_TYPE,
     SPEC_TOPIC,
@@ -550,14 +553,33 @@ FORMATS.register("rosbag2")(
         open_reader=RosbagReader,
         open_writer=_open_writer,
         read_options=(
-            "gap_s",
-            "max_age_s",
-            "action_offset_s",
-            "future_stamp_tolerance_s",
-            "task",
-            "drop_keys",
+            Option("gap_s", "a pause this long (s) splits episodes", float, 1.0),
+            Option(
+                "max_age_s",
+                "observations older than this (s) are gaps (default: 3 control periods)",
+                float,
+            ),
+            Option(
+                "action_offset_s",
+                "seconds a command may come after its tick (default: half a control period)",
+                float,
+            ),
+            Option(
+                "future_stamp_tolerance_s",
+                "seconds a header stamp may lie after its logging (clock skew)",
+                float,
+                0.5,
+            ),
+            Option("task", "task name for episodes whose source has none"),
+            DROP_KEYS,
             *TOPIC_OPTIONS,
         ),
-        write_options=("gap_s", "image_format", *TOPIC_OPTIONS),
+        write_options=(
+            Option("gap_s", "seconds between episodes in the bag", float, 1.0),
+            Option(
+                "image_format", "camera frames as Image or compressed", str, "raw", IMAGE_FORMATS
+            ),
+            *TOPIC_OPTIONS,
+        ),
     )
 )

@@ -17,6 +17,7 @@ import numpy as np
 
 from data import rosmsg
 from data.align import JointStateMerge
+from data.convert.base import Option
 from data.embodiment import Embodiment
 from data.errors import UserError
 
@@ -53,7 +54,20 @@ class BagTopics:
         return self.camera_topic.format(camera=name)
 
 
-TOPIC_OPTIONS = tuple(f.name for f in fields(BagTopics))
+TOPIC_HELP = {
+    "joint_states_topic": "sensor_msgs/JointState topic of the arm",
+    "camera_topic": "camera image topic, {camera} replaced by the spec's camera name",
+    "gripper_joints": "comma-separated finger joints (empty: the spec's gripper.joint_names)",
+    "eef_pose_topic": "end-effector pose topic",
+    "object_state_topic": "privileged object state topic (simulated arm)",
+    "trajectory_topic": "trajectory_msgs/JointTrajectory command topic",
+    "forward_topic": "std_msgs/Float64MultiArray joint command topic",
+    "gripper_topic": "gripper command topic",
+    "engaged_topic": "teleop engaged flag (intervention labels)",
+    "marker_topic": "episode start/end markers (std_msgs/String JSON)",
+}
+TOPIC_OPTIONS = tuple(Option(f.name, TOPIC_HELP[f.name], str, f.default) for f in fields(BagTopics))
+IMAGE_FORMATS = ("raw", "png", "jpeg")  # how the bag writer stores camera frames
 
 
 def typestore() -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 from data.convert.base import Episode, Reader, Report, publish, staging_dir
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
+    IMAGE_FORMATS,
     KEYS_FIELD,
     MARKER_TYPE,
     SPEC_TOPIC,
@@ -66,7 +67,7 @@ class RosbagWriter:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.spec = spec_required(embodiment, "writing a rosbag2")
-        if image_format not in ("raw", "png", "jpeg"):
+        if image_format not in IMAGE_FORMATS:
             raise UserError(f"image_format={image_format!r}: choose raw, png or jpeg")
         self.image_format = image_format
         if image_format == "jpeg":

@@ -1,9 +1,14 @@
-"""camera node: OpenCV capture -> image_raw, image_raw/compressed, camera_info.
+"""camera node: a camera source -> image_raw, image_raw/compressed, camera_info.
+
+``driver`` names the source in the ``camera_sources.CAMERA_SOURCES`` registry: ``opencv``
+(the default: a device index, device path, stream URL or video file in ``source``) or
+``sim`` (a MuJoCo render of a sim task's camera, ``source:=agentview`` or ``can/wrist``: the
+simulated twin). A new source is one file, ``handoff_ros/camera_sources/<name>.py``.
 
 Topics (relative, so a launch file namespaces each camera, e.g. ``/wrist/image_raw``):
 ``image_raw`` (sensor_msgs/Image), ``image_raw/compressed`` (CompressedImage), ``camera_info``,
 all sensor-data QoS (best effort, depth 5: a late frame is worth less than the next one).
-``header.stamp`` is the acquisition time (when OpenCV returned the frame).
+``header.stamp`` is the acquisition time (when the source returned the frame).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from data.errors import UserError
-from handoff_ros.capture import CaptureThread
+from handoff_ros.camera_sources import CAMERA_SOURCES
 from handoff_ros.images import CHANNELS, ImageError, camera_info, to_compressed_msg, to_image_msg
 from handoff_ros.rosutil import (
     ERROR,
@@ -33,7 +38,12 @@ from handoff_ros.rosutil import (
 
 @dataclass
 class CameraParams:
-    source: str = param("0", "device index (0), device path (/dev/video2) or a video file")
+    driver: str = param(
+        "opencv", f"camera source: {', '.join(CAMERA_SOURCES.names())} (handoff_ros.camera_sources)"
+    )
+    source: str = param(
+        "0", "opencv: device index (0), device path (/dev/video2) or a video file; sim: camera"
+    )
     width: int = param(640, "published width, px (frames are resized if the device differs)")
     height: int = param(480, "published height, px")
     fps: float = param(30.0, "publish rate, Hz (also the pacing of a video file)")
@@ -48,6 +58,10 @@ class CameraParams:
     loop: bool = param(True, "restart a video file at its end")
 
     def __post_init__(self) -> None:
+        try:
+            CAMERA_SOURCES.get(self.driver)
+        except UserError as e:  # the registry's message lists the sources
+            raise ValueError(str(e)) from None
         if self.width <= 0 or self.height <= 0:
             raise ValueError("width and height must be positive pixels")
         if self.fps <= 0:
@@ -78,25 +92,26 @@ class CameraNode(Node):
         self.pub_raw = self.create_publisher(Image, "image_raw", qos)
         self.pub_jpeg = self.create_publisher(CompressedImage, "image_raw/compressed", qos)
         self.pub_info = self.create_publisher(CameraInfo, "camera_info", qos)
-        self.capture = CaptureThread(
-            p.source, p.width, p.height, p.fps, lambda: now_sec(self), p.reconnect_s, p.loop
-        ).start()
-        self.last_seq = 0
+        try:
+            source = CAMERA_SOURCES.get(p.driver).from_params(p, lambda: now_sec(self))
+        except ValueError as e:
+            raise UserError(f"camera {p.driver} source {p.source!r}: {e}") from None
+        self.capture = source.connect()
         self.published = 0
         self.timer = self.create_timer(1.0 / p.fps, self.tick)
         self.diag = Diagnostics(self, self.report)
 
     def tick(self) -> None:
-        frame = self.capture.newest()
-        if frame is None or frame.seq == self.last_seq:
+        frame = self.capture.read()
+        if frame is None:
             return  # nothing new: never republish an old frame under a new stamp
-        self.last_seq = frame.seq
-        stamp = Time(nanoseconds=int(frame.stamp * 1e9)).to_msg()
-        msg = to_image_msg(frame.rgb, self.p.encoding)
+        t, rgb = frame
+        stamp = Time(nanoseconds=int(t * 1e9)).to_msg()
+        msg = to_image_msg(rgb, self.p.encoding)
         msg.header.stamp, msg.header.frame_id = stamp, self.p.frame_id
         self.pub_raw.publish(msg)
         if self.p.publish_compressed:
-            jpeg = to_compressed_msg(frame.rgb, "jpeg", self.p.jpeg_quality)
+            jpeg = to_compressed_msg(rgb, "jpeg", self.p.jpeg_quality)
             jpeg.header = msg.header
             self.pub_jpeg.publish(jpeg)
         self.info.header = msg.header
@@ -111,7 +126,7 @@ class CameraNode(Node):
             "frames_read": c.frames_read,
             "reconnects": c.reconnects,
         }
-        if not c.connected:
+        if not c.streaming:
             return ERROR, c.error or "camera not connected", values
         return OK, "streaming", values
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -157,7 +156,7 @@ class RecorderNode(Node):
         super().__init__("recorder")
         p = self.p = declare_params(self, RecorderParams)
         spec = self.spec = recorder_spec(p)
-        self.store = open_store(p.store, spec)
+        self.store = DemoStore.open_or_create(p.store, spec)
         obs = spec.observation
         fingers = spec.finger_joints(p.gripper_joints) if "gripper_pos" in obs else []
         self.joint_names = [*spec.joint_names, *fingers]
@@ -421,18 +420,6 @@ class RecorderNode(Node):
 
     def close(self) -> None:
         self.rec.close()
-
-
-def open_store(path: str, spec: Embodiment) -> DemoStore:
-    """Append to an existing store whose spec matches, or create one."""
-    if not Path(path).exists():
-        return DemoStore.create(path, spec)
-    store = DemoStore.open(path, "a")
-    if store.embodiment is not None:
-        problems = spec.compatible_with(store.embodiment)
-        if problems:
-            raise UserError(f"store {path} was recorded for another arm: {'; '.join(problems)}")
-    return store
 
 
 def main(args: list[str] | None = None) -> None:

@@ -224,7 +224,8 @@ class SimArmNode(Node):
 
 
 class CameraThread:
-    """Renders every camera at ``camera_hz`` from a snapshot of the physics state."""
+    """Renders every camera at ``camera_hz`` from a snapshot of the physics state (the camera
+    node's ``driver:=sim`` source, handoff_ros.camera_sources.sim, renders a still scene)."""
 
     def __init__(self, node: SimArmNode) -> None:
         self.node = node

@@ -1,5 +1,10 @@
 """teleop node: a human drives the arm (keyboard, joy, SpaceMouse or a leader arm).
 
+The ``device`` parameter names a device in the ``teleop_devices.DEVICES`` registry; the node
+connects it (devices that listen to a ROS topic subscribe on this node) and reads it every
+tick. A new device is one file, ``handoff_ros/teleop_devices/<name>.py``: see that package.
+``device:=scripted`` plays a fixed twist pattern (a 5 cm square), the simulated twin.
+
 Outputs, by ``output``:
 
 * ``twist``: ``geometry_msgs/TwistStamped`` on MoveIt Servo's ``~/delta_twist_cmds`` topic
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
-from sensor_msgs.msg import JointState, Joy
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -37,22 +42,19 @@ from handoff_ros.rosutil import (
     OK,
     WARN,
     Diagnostics,
-    JointMatcher,
     declare_params,
     merge_joint_state,
     now_sec,
     param,
     run_node,
 )
-from handoff_ros.teleop_devices import JoyMapping, Keyboard, SpaceMouse, TeleopInput
+from handoff_ros.teleop_devices import DEVICES, TeleopInput
 from policies.safety import SafetyConfig, SafetyFilter
-
-DEVICES = ("joy", "keyboard", "spacemouse", "leader")
 
 
 @dataclass
 class TeleopParams:
-    device: str = param("joy", "input: joy, keyboard, spacemouse or leader")
+    device: str = param("joy", f"teleop device: {', '.join(DEVICES.names())}")
     output: str = param("joint", "joint (targets to the controller) or twist (MoveIt Servo)")
     robot: str = param("sim", "sim (differential IK on the sim model) or real")
     task: str = param("lift", "sim task whose MuJoCo model gives the Jacobians (robot:=sim)")
@@ -76,19 +78,22 @@ class TeleopParams:
     recorder: str = param("/recorder", "recorder node whose services the record keys call")
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r}: use one of {DEVICES}")
+        try:
+            gives_joints = DEVICES.get(self.device).gives_joints
+        except UserError as e:  # the registry's message lists the devices
+            raise ValueError(str(e)) from None
+        joint_devices = " or ".join(n for n in DEVICES if DEVICES.get(n).gives_joints)
         if self.output not in ("joint", "twist"):
             raise ValueError(f"output {self.output!r}: use joint or twist")
         if self.robot not in ("sim", "real"):
             raise ValueError(f"robot {self.robot!r}: use sim or real")
-        if self.output == "joint" and self.robot == "real" and self.device != "leader":
+        if self.output == "joint" and self.robot == "real" and not gives_joints:
             raise ValueError(
                 "joint output from a twist device needs IK: on a real arm use output:=twist "
-                "with MoveIt Servo (or device:=leader)"
+                f"with MoveIt Servo (or device:={joint_devices})"
             )
-        if self.output == "twist" and self.device == "leader":
-            raise ValueError("a leader arm gives joint targets: use output:=joint")
+        if self.output == "twist" and gives_joints:
+            raise ValueError(f"device {self.device} gives joint targets: use output:=joint")
         if self.controller not in ("forward", "joint_trajectory"):
             raise ValueError(f"controller {self.controller!r}: use forward or joint_trajectory")
         if self.rate_hz < 0 or self.linear_scale <= 0 or self.angular_scale <= 0:
@@ -102,32 +107,16 @@ class TeleopNode(Node):
         self.spec = load_embodiment(p.embodiment)
         self.dt = 1.0 / (p.rate_hz or self.spec.control_hz)
         g = self.spec.gripper
-        self.gripper_range = (g.command_min, g.command_max)
         self.gripper = g.open_command
-        self.input = TeleopInput()
-        self.input_time = -np.inf  # when the newest joy message arrived
-        self.events: list[str] = []
-        self.device = None
         self.ik = None
-        if p.device == "joy":
-            axes = [int(a) for a in p.joy_axes.split(",")]
-            self.joy = JoyMapping(axes, p.deadman_button, p.linear_scale, p.angular_scale)
-            self.create_subscription(Joy, p.joy_topic, self.on_joy, 10)
-        elif p.device == "leader":
-            pairs = [kv.split(":") for kv in p.leader_joint_map.split(",") if kv]
-            self.leader_map = {a.strip(): b.strip() for a, b in pairs}
-            self.leader_matcher = JointMatcher(
-                [self.leader_map.get(n, n) for n in self.spec.joint_names]
-            )
-            self.leader_time = -np.inf
-            self.create_subscription(JointState, p.leader_topic, self.on_leader, 10)
-        else:
-            try:
-                cls = Keyboard if p.device == "keyboard" else SpaceMouse
-                self.device = cls(p.linear_scale, p.angular_scale)
-            except RuntimeError as e:
-                raise UserError(f"device {p.device}: {e}") from None
-        if p.output == "joint" and p.device != "leader":
+        device = DEVICES.get(p.device)
+        try:
+            self.device = device.from_params(p, self.spec)
+            # joy and leader subscribe on this node; problems go to /diagnostics
+            self.device.connect(self, lambda message: self.diag.problem(message))
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"device {p.device}: {e}") from None
+        if p.output == "joint" and not device.gives_joints:
             from sim.arm import SimArm
             from sim.kinematics import DiffIK
 
@@ -162,20 +151,6 @@ class TeleopNode(Node):
 
     # ---- inputs ----------------------------------------------------------------------------
 
-    def on_joy(self, msg: Joy) -> None:
-        self.input = self.joy(msg.axes, msg.buttons, self.gripper_range)
-        self.input_time = now_sec(self)
-        self.events += self.input.events
-
-    def on_leader(self, msg: JointState) -> None:
-        try:
-            q = self.leader_matcher.positions(msg)
-        except ValueError as e:
-            self.diag.problem(f"leader: {e}")
-            return
-        self.input = TeleopInput(engaged=True, joints=q)
-        self.leader_time = now_sec(self)
-
     def on_joint_states(self, msg: JointState) -> None:
         """Merged by name (the gripper may publish apart); the watchdog judges the time of the
         oldest part, never a stamp after the message's arrival (data.align.StampCheck)."""
@@ -191,32 +166,17 @@ class TeleopNode(Node):
         self.q = s.positions
         self.safety.observe(self.q, s.oldest)
 
-    def read(self) -> TeleopInput:
-        now = now_sec(self)
-        if self.device is not None:
-            inp = self.device.read(self.gripper_range)
-            self.events += inp.events
-            return inp
-        if self.p.device == "leader":
-            fresh = now - self.leader_time < self.p.leader_timeout_s
-            return self.input if fresh else TeleopInput()
-        # joy: a pad that stopped publishing (unplugged) must not keep the arm moving
-        fresh = now - self.input_time < 0.5
-        return self.input if fresh else TeleopInput()
-
     # ---- the tick --------------------------------------------------------------------------
 
     def tick(self) -> None:
         now = now_sec(self)
-        inp = self.read()
+        inp: TeleopInput = self.device.read()
         self.engaged = inp.engaged
         self.pub_engaged.publish(Bool(data=inp.engaged))
-        if isinstance(self.device, Keyboard):
-            self.device.show(inp.engaged, self.recording)
+        self.device.show(inp.engaged, self.recording)
         self.safety.set_engaged(inp.engaged, now)
-        for event in self.events:
+        for event in inp.events:
             self.call_recorder(event)
-        self.events.clear()
         if inp.gripper is not None:
             self.gripper = inp.gripper
         if not inp.engaged:
@@ -291,8 +251,7 @@ class TeleopNode(Node):
         return OK, "engaged" if self.engaged else "idle (deadman released)", values
 
     def close(self) -> None:
-        if self.device is not None:
-            self.device.close()
+        self.device.close()
         if self.ik is not None:
             self.ik.arm.close()
 

@@ -1,0 +1,39 @@
+"""Teleop devices behind one interface (:class:`TeleopDevice`), found by name in ``DEVICES``.
+
+One file per device: ``teleop_devices/<name>.py`` defines a :class:`TeleopDevice` subclass
+decorated with ``@register_device("<name>")`` (``from_params``, ``_connect``, ``read``,
+``_close``). This package imports every module in its folder, so the new file is the whole
+change: the teleop node's ``device`` parameter accepts the new name. Devices: ``joy``
+(sensor_msgs/Joy), ``keyboard`` (terminal), ``spacemouse`` (pyspacemouse), ``leader`` (a
+leader arm's JointState) and ``scripted`` (a fixed sequence: the simulated twin).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from handoff_ros.teleop_devices.base import (
+    DEVICES,
+    EVENTS,
+    TeleopDevice,
+    TeleopInput,
+    register_device,
+)
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+from handoff_ros.teleop_devices.joy import JoyMapping  # noqa: E402
+from handoff_ros.teleop_devices.leader import leader_targets  # noqa: E402
+
+__all__ = [
+    "DEVICES",
+    "EVENTS",
+    "JoyMapping",
+    "TeleopDevice",
+    "TeleopInput",
+    "leader_targets",
+    "register_device",
+]
