@@ -9,8 +9,8 @@ pytest.importorskip("trajectory_msgs")
 
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
+from data.rosmsg import float_values  # noqa: E402
 from handoff_ros.commands import (  # noqa: E402
-    forward_from_msg,
     forward_msg,
     trajectory_from_msg,
     trajectory_msg,
@@ -52,11 +52,11 @@ def test_bad_trajectories_are_rejected_with_a_reason(mutate, message):
 
 
 def test_forward_commands():
-    np.testing.assert_allclose(forward_from_msg(forward_msg([1, 2, 3]), 3), [1, 2, 3])
+    np.testing.assert_allclose(float_values(forward_msg([1, 2, 3]), 3), [1, 2, 3])
     with pytest.raises(ValueError, match="2 values"):
-        forward_from_msg(Float64MultiArray(data=[1.0, 2.0]), 3)
+        float_values(Float64MultiArray(data=[1.0, 2.0]), 3)
     with pytest.raises(ValueError, match="NaN"):
-        forward_from_msg(Float64MultiArray(data=[1.0, np.inf, 0.0]), 3)
+        float_values(Float64MultiArray(data=[1.0, np.inf, 0.0]), 3)
 
 
 def test_a_stamped_trajectory_that_ends_in_the_past_is_refused():

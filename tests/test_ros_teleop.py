@@ -100,7 +100,7 @@ def test_scripted_twin_plays_its_steps_once_then_releases_or_loops():
 
 def test_scripted_square_from_the_node_parameters_comes_back_to_its_start():
     spec = load_embodiment("sim_panda")
-    p = TeleopParams(device="scripted", linear_scale=0.05, rate_hz=20.0)
+    p = TeleopParams(device="scripted", linear_scale=0.05, control_hz=20.0)
     dev = DEVICES.get("scripted").from_params(p, spec)
     ticks = round(0.05 / 0.05 * 20.0)  # a 5 cm side at 5 cm/s, 20 reads a second
     reads = [dev.read() for _ in range(4 * ticks)]

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from data import rosmsg
 from data.align import StampCheck, align, common_span, control_grid, split_at_gaps
 from data.convert.base import (
     DROP_KEYS,
@@ -58,7 +59,6 @@ from data.convert.rosbag_msgs import (
     BagTopics,
     JointStates,
     StreamBuffer,
-    by_name,
     decode_image,
     header_stamp_ns,
     parse_marker,
@@ -200,7 +200,7 @@ class RosbagReader:
         # velocities only where the spec observes them (or lists no observation at all)
         self.read_vel = "joint_vel" in spec.observation or not spec.observation
         self.fingers = t.finger_names(spec) if "gripper_pos" in spec.observation else []
-        want = [*spec.joint_names, *self.fingers]
+        want = rosmsg.joint_state_names(spec, self.fingers)
         self.joints = JointStates(t.joint_states_topic, want, self.max_age)
         self.streams: dict[str, StreamBuffer] = {}
         for name in ("eef_pose", "object_state", "engaged", "marker", *self.camera_conns):
@@ -215,7 +215,7 @@ class RosbagReader:
             t.forward_topic: self._on_forward,
             t.gripper_topic: self._on_gripper,
             t.engaged_topic: lambda msg, ns, topic: self.streams["engaged"].add(
-                ns, intervention=np.array(bool(msg.data))
+                ns, **rosmsg.intervention_keys(msg)
             ),
             t.marker_topic: lambda msg, ns, topic: self.streams["marker"].add(
                 ns, event=np.array(msg.data)
@@ -223,13 +223,15 @@ class RosbagReader:
         }
         if self.eef:
             handlers[t.eef_pose_topic] = self._on_eef_pose
-        if self.objects:  # Float64MultiArray has no header: stamped when logged
+        # Float64MultiArray has no header: stamped when logged; NaN/inf are refused per step
+        # (base.checked_episode), so read unchecked here
+        if self.objects:
             handlers[t.object_state_topic] = lambda msg, ns, topic: self.streams[
                 "object_state"
-            ].add(ns, object_state=np.asarray(msg.data, np.float32))
+            ].add(ns, object_state=rosmsg.float_values(msg, finite=False).astype(np.float32))
         for key, topic in self.extras.items():
             handlers[topic] = lambda msg, ns, topic, key=key: self.streams[topic].add(
-                ns, **{key: np.asarray(msg.data, np.float64)}
+                ns, **{key: rosmsg.float_values(msg, finite=False)}
             )
         cam_topics = {c.topic: cam for cam, c in self.camera_conns.items()}
         wanted = [c for c in self.bag.connections if c.topic in handlers or c.topic in cam_topics]
@@ -316,20 +318,20 @@ class RosbagReader:
         ns = self._time(stamp_ns(msg, log_ns), log_ns, topic)
         if ns is None:
             return
-        p, o = msg.pose.position, msg.pose.orientation
-        self.streams["eef_pose"].add(
-            ns,
-            eef_pos=np.array([p.x, p.y, p.z], np.float32),
-            eef_quat=np.array([o.x, o.y, o.z, o.w], np.float32),
-        )
+        self.streams["eef_pose"].add(ns, **rosmsg.pose_keys(msg))
 
     def _on_trajectory(self, msg: Any, log_ns: int, topic: str) -> None:
         if msg.points:  # the goal the controller is sent toward
-            goal = by_name(msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic)
+            try:
+                goal = rosmsg.by_name(
+                    msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic
+                )
+            except rosmsg.MessageError as e:
+                raise UserError(str(e)) from None
             self._events.append((log_ns, "arm", goal))
 
     def _on_forward(self, msg: Any, log_ns: int, topic: str) -> None:
-        spec, data = self.spec, np.asarray(msg.data, np.float64)
+        spec, data = self.spec, rosmsg.float_values(msg, finite=False)
         if len(data) not in (spec.n_joints, spec.action_dim):
             raise UserError(
                 f"{self.path}: {topic} carries {len(data)} values; expected "
@@ -492,16 +494,9 @@ class RosbagReader:
         """joint_pos (T, J), joint_vel (T, J) and gripper_pos (T, F) from the merged joint
         samples (rosbag_msgs.JointStates: arm joints first, then the fingers)."""
         values = self.data["joint_states"][1]
-        pos = al.take("joint_states", values["position"]).astype(np.float32)
-        J = self.spec.n_joints
-        steps = {"joint_pos": pos[:, :J]}
-        if self.read_vel:
-            steps["joint_vel"] = al.take("joint_states", values["velocity"][:, :J]).astype(
-                np.float32
-            )
-        if self.fingers:
-            steps["gripper_pos"] = pos[:, J:]
-        return steps
+        pos = al.take("joint_states", values["position"])  # (T, J + F)
+        vel = al.take("joint_states", values["velocity"]) if self.read_vel else None
+        return rosmsg.joint_state_keys(self.spec, pos, vel)
 
     def _frames(self, cam: str, index: np.ndarray) -> np.ndarray:
         """Decode the frames ``index`` (T,) of camera ``cam`` -> (T, H, W, 3)."""

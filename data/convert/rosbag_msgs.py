@@ -1,5 +1,7 @@
 """ROS message plumbing for the rosbag2 format: topic names, stamps, images, buffers.
 
+Which message field is which store key is data/rosmsg.py's, shared with the live nodes.
+
 Topic defaults are the ROS recorder's (ros2_ws/src/handoff_ros/handoff_ros/recorder.py), so a
 bag recorded around the robot imports into the same steps the recorder would have written.
 ROS is never imported here: messages are (de)serialised with the pure-Python ``rosbags``.
@@ -105,14 +107,6 @@ def make_header(ts: Any, ns: int, frame_id: str = "") -> Any:
     return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
 
-def float_array(ts: Any, values: np.ndarray) -> Any:
-    t = ts.types
-    layout = t["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
-    return t["std_msgs/msg/Float64MultiArray"](
-        layout=layout, data=np.asarray(values, np.float64).ravel()
-    )
-
-
 def image_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str) -> Any:
     H, W = rgb.shape[:2]
     return ts.types["sensor_msgs/msg/Image"](
@@ -140,15 +134,10 @@ def compressed_msg(ts: Any, ns: int, rgb: np.ndarray, frame_id: str, fmt: str) -
 
 
 def decode_image(msg: Any, msgtype: str, where: str) -> np.ndarray:
-    """sensor_msgs Image (data/rosmsg.py's encodings) or CompressedImage -> (H, W, 3) RGB."""
-    import cv2
-
-    if msgtype.endswith("CompressedImage"):
-        img = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UserError(f"{where}: cannot decode compressed image ({msg.format!r})")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """sensor_msgs Image or CompressedImage -> (H, W, 3) RGB (data/rosmsg.py's decoders)."""
     try:
+        if msgtype.endswith("CompressedImage"):
+            return rosmsg.decode_compressed(msg.data, msg.format)
         return np.ascontiguousarray(rosmsg.decode_image(msg))
     except rosmsg.ImageError as e:
         raise UserError(f"{where}: {e}") from None
@@ -161,18 +150,6 @@ def spec_required(embodiment: Embodiment | None, what: str) -> Embodiment:
             f"match in /joint_states, the cameras and the control rate)"
         )
     return embodiment
-
-
-def by_name(names: list[str], values: Any, want: list[str], topic: str) -> np.ndarray:
-    """values (len(names),) picked in ``want`` order by name (never by position)."""
-    where = {n: i for i, n in enumerate(names)}
-    missing = [n for n in want if n not in where]
-    if missing:
-        raise UserError(f"{topic}: joint(s) {missing} not in the message (it has {list(names)})")
-    values = np.asarray(values, np.float64)
-    if len(values) < len(names):
-        raise UserError(f"{topic}: {len(names)} joint names but {len(values)} values")
-    return values[[where[n] for n in want]].astype(np.float32)
 
 
 class JointStates:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from data import rosmsg
 from data.convert.base import Episode, Reader, Report, publish, staging_dir
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
@@ -28,7 +29,6 @@ from data.convert.rosbag_msgs import (
     SPEC_TOPIC,
     BagTopics,
     compressed_msg,
-    float_array,
     image_msg,
     make_header,
     spec_required,
@@ -38,17 +38,8 @@ from data.embodiment import Embodiment
 from data.errors import UserError
 
 NS = 1_000_000_000
-OWN_KEYS = {
-    "joint_pos",
-    "joint_vel",
-    "gripper_pos",
-    "eef_pos",
-    "eef_quat",
-    "object_state",
-    "action",
-    "timestamp",
-    "intervention",
-}
+# keys with a topic of their own (data/rosmsg.py); every other per-step key goes to /handoff/
+OWN_KEYS = {*rosmsg.TOPIC_KEYS, rosmsg.INTERVENTION_KEY, "action", "timestamp"}
 
 
 class RosbagWriter:
@@ -115,38 +106,32 @@ class RosbagWriter:
                 self.report.drop(f"camera {key!r} (not in the spec's cameras)")
         for i, ns in enumerate(ticks.tolist()):
             header = make_header(self.ts, ns)
-            pos = (
-                [steps["joint_pos"][i], steps["gripper_pos"][i]]
-                if fingers
-                else [steps["joint_pos"][i]]
-            )
-            # no joint_vel: empty velocity, JointState's "unknown" (not made-up zeros)
-            vel = (
-                np.concatenate([steps["joint_vel"][i], np.zeros(len(fingers))])
-                if "joint_vel" in steps
-                else np.zeros(0)
-            )
-            js = types["sensor_msgs/msg/JointState"](
-                header=header,
-                name=[*spec.joint_names, *fingers],
-                position=np.concatenate(pos).astype(np.float64),
-                velocity=vel.astype(np.float64),
-                effort=np.zeros(0),
-            )
+            try:
+                js = rosmsg.joint_state_msg(
+                    types,
+                    header,
+                    spec,
+                    steps["joint_pos"][i],
+                    steps["joint_vel"][i] if "joint_vel" in steps else None,
+                    steps["gripper_pos"][i] if fingers else None,
+                    fingers,
+                )
+            except rosmsg.MessageError as e:
+                raise UserError(f"{self.report.src}: step {i}: {e}") from None
             self._write(t.joint_states_topic, "sensor_msgs/msg/JointState", ns, js)
             if "eef_pos" in steps and "eef_quat" in steps:
                 self._write(
                     t.eef_pose_topic,
                     "geometry_msgs/msg/PoseStamped",
                     ns,
-                    _pose(types, header, steps["eef_pos"][i], steps["eef_quat"][i]),
+                    rosmsg.pose_msg(types, header, steps["eef_pos"][i], steps["eef_quat"][i]),
                 )
             if "object_state" in steps:
                 self._write(
                     t.object_state_topic,
                     "std_msgs/msg/Float64MultiArray",
                     ns,
-                    float_array(self.ts, steps["object_state"][i]),
+                    rosmsg.float_array_msg(types, steps["object_state"][i]),
                 )
             for cam in spec.camera_names:
                 if cam in steps:
@@ -156,27 +141,27 @@ class RosbagWriter:
                 t.forward_topic,
                 "std_msgs/msg/Float64MultiArray",
                 ns,
-                float_array(self.ts, action[: spec.n_joints]),
+                rosmsg.float_array_msg(types, action[: spec.n_joints]),
             )
             self._write(
                 t.gripper_topic,
                 "std_msgs/msg/Float64MultiArray",
                 ns,
-                float_array(self.ts, action[spec.n_joints :]),
+                rosmsg.float_array_msg(types, action[spec.n_joints :]),
             )
             if "intervention" in steps:
                 self._write(
                     t.engaged_topic,
                     "std_msgs/msg/Bool",
                     ns,
-                    types["std_msgs/msg/Bool"](data=bool(steps["intervention"][i])),
+                    types["std_msgs/msg/Bool"](data=bool(steps[rosmsg.INTERVENTION_KEY][i])),
                 )
             for key in extras:
                 self._write(
                     EXTRA_PREFIX + key,
                     "std_msgs/msg/Float64MultiArray",
                     ns,
-                    float_array(self.ts, steps[key][i]),
+                    rosmsg.float_array_msg(types, steps[key][i]),
                 )
         end = int(ticks[-1]) + 1
         self._write(t.marker_topic, MARKER_TYPE, end, _string(types, {"event": "end"}))
@@ -208,13 +193,3 @@ def _is_camera(v: np.ndarray) -> bool:
 
 def _string(types: Any, payload: dict[str, Any]) -> Any:
     return types["std_msgs/msg/String"](data=json.dumps(payload))
-
-
-def _pose(types: Any, header: Any, pos: np.ndarray, quat: np.ndarray) -> Any:
-    x, y, z = (float(v) for v in pos)
-    qx, qy, qz, qw = (float(v) for v in quat)  # handoff quaternions are (x, y, z, w)
-    pose = types["geometry_msgs/msg/Pose"](
-        position=types["geometry_msgs/msg/Point"](x=x, y=y, z=z),
-        orientation=types["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw),
-    )
-    return types["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)

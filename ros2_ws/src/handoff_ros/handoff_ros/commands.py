@@ -83,16 +83,6 @@ def trajectory_from_msg(
     return Trajectory(start, np.asarray(origin, dtype=np.float64), times_arr, pos)
 
 
-def forward_from_msg(msg: Float64MultiArray, n: int, what: str = "commands") -> np.ndarray:
-    """(n,) values of a forward command; ValueError on a wrong length or NaN/inf."""
-    values = np.asarray(msg.data, dtype=np.float64)
-    if values.shape != (n,):
-        raise ValueError(f"{what} has {values.size} values, the controller takes {n}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{what} holds NaN/inf")
-    return values
-
-
 def trajectory_msg(joint_names: Sequence[str], positions: np.ndarray, dt: float) -> JointTrajectory:
     """positions (K, J) -> JointTrajectory with points at dt, 2 dt, ... (header.stamp 0 = now)."""
     msg = JointTrajectory()

@@ -8,6 +8,7 @@ arrival (``data.align.StampCheck``) and values that are NaN/inf: the policy neve
 and the joint-state time the watchdog judges stops advancing, so the safety filter holds.
 Joint states are merged by name across messages (``data.align.JointStateMerge``: an arm and
 its gripper may publish separately), and their time is that of the oldest message merged.
+Which field is which key is data/rosmsg.py's (shared with the recorder and the bag converters).
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 
+from data import rosmsg
 from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment
-from handoff_ros.commands import forward_from_msg
-from handoff_ros.images import ImageError, fit, from_image_msg
+from handoff_ros.images import fit
 from handoff_ros.recording import non_finite_keys
 from handoff_ros.rosutil import merge_joint_state, now_sec, stamp_to_sec
-
-JOINT_KEYS = ("joint_pos", "joint_vel", "gripper_pos")
-POSE_KEYS = ("eef_pos", "eef_quat")
 
 
 class LiveObservation:
@@ -54,6 +52,7 @@ class LiveObservation:
         self.node, self.spec, self.keys, self.problem = node, spec, list(keys), problem
         self.joints_topic = joint_states_topic
         self.fingers = list(gripper_joints or []) if "gripper_pos" in keys else []
+        self.joint_names = rosmsg.joint_state_names(spec, self.fingers)  # arm, then fingers
         self.merge = JointStateMerge(merge_window_s)
         self.stamps = StampCheck(future_stamp_tolerance_s)
         self.rejected_non_finite = 0
@@ -61,7 +60,7 @@ class LiveObservation:
         self.joint_stamp = -np.inf  # time of the oldest message in the newest joint state
         self._lock = threading.Lock()
         node.create_subscription(JointState, joint_states_topic, self._on_joints, 50)
-        if any(k in keys for k in POSE_KEYS):
+        if any(k in keys for k in rosmsg.POSE_KEYS):
             node.create_subscription(PoseStamped, eef_pose_topic, self._on_pose, 10)
         if "object_state" in keys:
             node.create_subscription(Float64MultiArray, object_state_topic, self._on_object, 10)
@@ -103,48 +102,39 @@ class LiveObservation:
         return True
 
     def _on_joints(self, msg: JointState) -> None:
-        J, topic = self.spec.n_joints, self.joints_topic
+        topic = self.joints_topic
         try:
-            want = [*self.spec.joint_names, *self.fingers]
             sample = merge_joint_state(
-                self.merge, self.stamps, msg, now_sec(self.node), topic, want
+                self.merge, self.stamps, msg, now_sec(self.node), topic, self.joint_names
             )
         except ValueError as e:
             self.problem(f"{topic}: {e}")
             return
-        values = {"joint_pos": sample.positions[:J].astype(np.float32)}
-        if "joint_vel" in self.keys:
-            values["joint_vel"] = sample.velocities[:J].astype(np.float32)
-        if self.fingers:
-            values["gripper_pos"] = sample.positions[J:].astype(np.float32)
+        vel = sample.velocities if "joint_vel" in self.keys else None
+        values = rosmsg.joint_state_keys(self.spec, sample.positions, vel)
         self._set(topic, values, joint_time=sample.oldest)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         if not self._checked("eef_pose", msg.header.stamp):
             return
-        p, o = msg.pose.position, msg.pose.orientation
-        self._set(
-            "eef_pose",
-            {
-                "eef_pos": np.array([p.x, p.y, p.z], np.float32),
-                "eef_quat": np.array([o.x, o.y, o.z, o.w], np.float32),
-            },
-        )
+        self._set("eef_pose", rosmsg.pose_keys(msg))
 
     def _on_object(self, msg: Float64MultiArray) -> None:
         n = self.spec.observation["object_state"][0]
         try:
-            self._set("object_state", {"object_state": forward_from_msg(msg, n, "object_state")})
-        except ValueError as e:
+            values = {"object_state": rosmsg.float_values(msg, n, "object_state")}
+        except rosmsg.MessageError as e:
             self.problem(str(e))
+            return
+        self._set("object_state", values)
 
     def _on_image(self, cam: str, msg: Image) -> None:
         c = self.spec.camera(cam)
         if not self._checked(cam, msg.header.stamp):
             return
         try:
-            rgb = from_image_msg(msg)
-        except ImageError as e:
+            rgb = rosmsg.decode_image(msg)
+        except rosmsg.ImageError as e:
             self.problem(f"{cam}: {e}")
             return
         ratio_live, ratio_spec = msg.width / msg.height, c.width / c.height

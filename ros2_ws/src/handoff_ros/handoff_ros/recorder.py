@@ -39,11 +39,12 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from data import rosmsg
 from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
 from data.store import DemoStore
-from handoff_ros.commands import forward_from_msg, trajectory_from_msg
+from handoff_ros.commands import trajectory_from_msg
 from handoff_ros.images import ImageError, check_compressed, from_image_msg
 from handoff_ros.recording import EncodedFrame, EpisodeRecorder, Stream, non_finite_keys
 from handoff_ros.rosutil import (
@@ -159,7 +160,7 @@ class RecorderNode(Node):
         self.store = DemoStore.open_or_create(p.store, spec)
         obs = spec.observation
         fingers = spec.finger_joints(p.gripper_joints) if "gripper_pos" in obs else []
-        self.joint_names = [*spec.joint_names, *fingers]
+        self.joint_names = rosmsg.joint_state_names(spec, fingers)
         self.merge = JointStateMerge(p.max_age_s)
         self.stamps = StampCheck(p.future_stamp_tolerance_s)
         self.rejected_non_finite = 0
@@ -194,8 +195,7 @@ class RecorderNode(Node):
                 self.create_subscription(
                     Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos
                 )
-        recorded = {"joint_pos", "joint_vel", "gripper_pos", "eef_pos", "eef_quat", "object_state"}
-        missing = set(obs) - recorded
+        missing = set(obs) - set(rosmsg.TOPIC_KEYS)
         if missing:
             raise UserError(f"spec {spec.name}: no topic records observation(s) {sorted(missing)}")
         # the action and the engaged flag hold their last value: a controller keeps its target
@@ -256,18 +256,13 @@ class RecorderNode(Node):
         self.streams[name].push(t, values, received)
 
     def on_joint_states(self, msg: JointState) -> None:
-        received, topic, J = now_sec(self), self.p.joint_states_topic, self.spec.n_joints
+        received, topic = now_sec(self), self.p.joint_states_topic
         try:
             s = merge_joint_state(self.merge, self.stamps, msg, received, topic, self.joint_names)
         except ValueError as e:
             self.diag.problem(f"{topic}: {e}")
             return
-        values = {
-            "joint_pos": s.positions[:J].astype(np.float32),
-            "joint_vel": s.velocities[:J].astype(np.float32),
-        }
-        if len(self.joint_names) > J:
-            values["gripper_pos"] = s.positions[J:].astype(np.float32)
+        values = rosmsg.joint_state_keys(self.spec, s.positions, s.velocities)
         if self.merge.estimated and not self.vel_noted:
             self.vel_noted = True
             self.get_logger().warning(self.velocity_note())
@@ -287,22 +282,17 @@ class RecorderNode(Node):
         )
 
     def on_eef_pose(self, msg: PoseStamped) -> None:
-        p, o = msg.pose.position, msg.pose.orientation
-        values = {
-            "eef_pos": np.array([p.x, p.y, p.z], np.float32),
-            "eef_quat": np.array([o.x, o.y, o.z, o.w], np.float32),
-        }
-        self._push("eef_pose", msg.header.stamp, values, now_sec(self))
+        self._push("eef_pose", msg.header.stamp, rosmsg.pose_keys(msg), now_sec(self))
 
     def on_object(self, msg: Float64MultiArray) -> None:
         n = self.spec.observation["object_state"][0]
         try:
-            values = {"object_state": forward_from_msg(msg, n, "object_state").astype(np.float32)}
+            object_state = rosmsg.float_values(msg, n, "object_state").astype(np.float32)
         except ValueError as e:
             self.diag.problem(str(e))
             return
         t = now_sec(self)  # Float64MultiArray has no header: stamped on arrival
-        self.streams["object_state"].push(t, values, t)
+        self.streams["object_state"].push(t, {"object_state": object_state}, t)
 
     def on_image(self, cam: str, msg: Image) -> None:
         try:
@@ -328,7 +318,7 @@ class RecorderNode(Node):
 
     def on_forward(self, msg: Float64MultiArray) -> None:
         try:
-            self.command[:-1] = forward_from_msg(msg, self.spec.n_joints, self.p.forward_topic)
+            self.command[:-1] = rosmsg.float_values(msg, self.spec.n_joints, self.p.forward_topic)
         except ValueError as e:
             self.diag.problem(str(e))
             return
@@ -346,7 +336,7 @@ class RecorderNode(Node):
 
     def on_gripper(self, msg: Float64MultiArray) -> None:
         try:
-            self.command[-1] = forward_from_msg(msg, 1, self.p.gripper_topic)[0]
+            self.command[-1] = rosmsg.float_values(msg, 1, self.p.gripper_topic)[0]
         except ValueError as e:
             self.diag.problem(str(e))
             return
@@ -354,7 +344,7 @@ class RecorderNode(Node):
 
     def on_engaged(self, msg: Bool) -> None:
         t = now_sec(self)
-        self.streams["engaged"].push(t, {"intervention": np.array(bool(msg.data))}, t)
+        self.streams["engaged"].push(t, rosmsg.intervention_keys(msg), t)
 
     # ---- ticks -----------------------------------------------------------------------------
 

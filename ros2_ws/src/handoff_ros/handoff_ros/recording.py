@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from data.align import latest_index
+from data.rosmsg import decode_compressed
 from data.store import (
     AUTONOMOUS,
     INTERVENTION,
@@ -45,7 +46,7 @@ from data.store import (
     PRE_INTERVENTION_STEPS,
     DemoStore,
 )
-from handoff_ros.images import decode_compressed, fit
+from handoff_ros.images import fit
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Publishes ``/joint_states`` (arm + finger joints) every control period, each cam
 ``~/object_state`` (Float64MultiArray). Takes a joint_trajectory_controller topic, a
 forward_command_controller topic and a gripper forward command; ``~/reset`` (Trigger)
 re-places the scene with the next seed. With ``use_sim_time`` it publishes ``/clock`` and
-stamps everything with simulated time.
+stamps everything with simulated time. Messages are built from store-shaped arrays by
+data/rosmsg.py, the mapping the recorder, the policy node and the bag converters read them by.
 
 Rendering uses the GL back-end the rest of handoff picks (sim/_gl.py): EGL on a machine with
 a GPU, OSMesa otherwise (~45 ms per 84x84 frame), ``HANDOFF_GL`` or ``MUJOCO_GL`` to override;
@@ -22,20 +23,32 @@ import time
 from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time as TimeMsg
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, Header, MultiArrayLayout
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from handoff_ros.commands import Trajectory, forward_from_msg, trajectory_from_msg
+from data import rosmsg
+from handoff_ros.commands import Trajectory, trajectory_from_msg
 from handoff_ros.images import camera_info, to_compressed_msg, to_image_msg
 from handoff_ros.rosutil import OK, WARN, Diagnostics, declare_params, param, run_node
+
+# the rclpy classes data.rosmsg builds this node's messages with, by ROS type name
+MSG_TYPES = {
+    "sensor_msgs/msg/JointState": JointState,
+    "geometry_msgs/msg/PoseStamped": PoseStamped,
+    "geometry_msgs/msg/Pose": Pose,
+    "geometry_msgs/msg/Point": Point,
+    "geometry_msgs/msg/Quaternion": Quaternion,
+    "std_msgs/msg/Float64MultiArray": Float64MultiArray,
+    "std_msgs/msg/MultiArrayLayout": MultiArrayLayout,
+}
 
 
 @dataclass
@@ -143,7 +156,7 @@ class SimArmNode(Node):
 
     def on_forward(self, msg: Float64MultiArray) -> None:
         try:
-            q = forward_from_msg(msg, self.spec.n_joints, self.p.forward_topic)
+            q = rosmsg.float_values(msg, self.spec.n_joints, self.p.forward_topic)
         except ValueError as e:
             self.diag.problem(f"rejected command: {e}")
             return
@@ -153,7 +166,7 @@ class SimArmNode(Node):
 
     def on_gripper(self, msg: Float64MultiArray) -> None:
         try:
-            self.target[-1] = forward_from_msg(msg, 1, self.p.gripper_topic)[0]
+            self.target[-1] = rosmsg.float_values(msg, 1, self.p.gripper_topic)[0]
         except ValueError as e:
             self.diag.problem(f"rejected gripper command: {e}")
 
@@ -178,7 +191,7 @@ class SimArmNode(Node):
             self.sim_t += self.dt
             t = self.now()
             q, dq = self.arm.joint_positions(), self.arm.joint_velocities()
-            fingers = self.arm.gripper_positions()
+            finger_pos = self.arm.gripper_positions()
             pos, quat = self.arm.eef_pose()
             obj = self.arm.object_state()
             success = self.arm.success()
@@ -187,19 +200,20 @@ class SimArmNode(Node):
         stamp = self.stamp(t)
         if self.pub_clock is not None:
             self.pub_clock.publish(ClockMsg(clock=stamp))
-        js = JointState()
-        js.header.stamp = stamp
-        js.name = [*self.spec.joint_names, *self.spec.gripper.joint_names]
-        js.position = [*map(float, q), *map(float, fingers)]
-        js.velocity = [*map(float, dq), *(0.0 for _ in fingers)]
+        # every finger joint the spec names, whether or not a recorder stores gripper_pos
+        js = rosmsg.joint_state_msg(
+            MSG_TYPES,
+            Header(stamp=stamp),
+            self.spec,
+            q,
+            joint_vel=dq,
+            gripper_pos=finger_pos,
+            fingers=self.spec.gripper.joint_names,
+        )
         self.pub_js.publish(js)
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, "robot0_base"
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, pos)
-        o = pose.pose.orientation
-        o.x, o.y, o.z, o.w = map(float, quat)
-        self.pub_eef.publish(pose)
-        self.pub_obj.publish(Float64MultiArray(data=[float(v) for v in obj]))
+        pose_header = Header(stamp=stamp, frame_id="robot0_base")
+        self.pub_eef.publish(rosmsg.pose_msg(MSG_TYPES, pose_header, pos, quat))
+        self.pub_obj.publish(rosmsg.float_array_msg(MSG_TYPES, obj))
         self.pub_success.publish(Bool(data=bool(success)))
         if time.monotonic() - t0 > self.dt:
             self.late_ticks += 1

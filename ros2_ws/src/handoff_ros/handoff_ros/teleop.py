@@ -59,7 +59,7 @@ class TeleopParams:
     robot: str = param("sim", "sim (differential IK on the sim model) or real")
     task: str = param("lift", "sim task whose MuJoCo model gives the Jacobians (robot:=sim)")
     embodiment: str = param("sim_panda", "embodiment spec name or YAML path")
-    rate_hz: float = param(0.0, "command rate, Hz; 0: the spec's control_hz")
+    control_hz: float = param(0.0, "command rate, Hz; 0: the spec's control_hz")
     joy_topic: str = param("/joy", "sensor_msgs/Joy topic (device:=joy)")
     joy_axes: str = param("1,0,4,-1,-1,3", "Joy axis index per twist component; -1: unused")
     deadman_button: int = param(4, "Joy button that must be held to move (LB on Xbox pads)")
@@ -96,8 +96,8 @@ class TeleopParams:
             raise ValueError(f"device {self.device} gives joint targets: use output:=joint")
         if self.controller not in ("forward", "joint_trajectory"):
             raise ValueError(f"controller {self.controller!r}: use forward or joint_trajectory")
-        if self.rate_hz < 0 or self.linear_scale <= 0 or self.angular_scale <= 0:
-            raise ValueError("rate_hz must be >= 0 and the scales positive")
+        if self.control_hz < 0 or self.linear_scale <= 0 or self.angular_scale <= 0:
+            raise ValueError("control_hz must be >= 0 and the scales positive")
 
 
 class TeleopNode(Node):
@@ -105,7 +105,7 @@ class TeleopNode(Node):
         super().__init__("teleop")
         p = self.p = declare_params(self, TeleopParams)
         self.spec = load_embodiment(p.embodiment)
-        self.dt = 1.0 / (p.rate_hz or self.spec.control_hz)
+        self.dt = 1.0 / (p.control_hz or self.spec.control_hz)
         g = self.spec.gripper
         self.gripper = g.open_command
         self.ik = None

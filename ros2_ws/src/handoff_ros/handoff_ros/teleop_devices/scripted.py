@@ -29,10 +29,10 @@ class Scripted(TeleopDevice):
         self.reads = 0
 
     @classmethod
-    def square(cls, side_m: float, speed: float, rate_hz: float, loop: bool = True) -> Scripted:
+    def square(cls, side_m: float, speed: float, control_hz: float, loop: bool = True) -> Scripted:
         """A horizontal square in the base frame (+x, +y, -x, -y), ``side_m`` per side at
-        ``speed`` m/s, ``rate_hz`` reads a second: the arm comes back where it started."""
-        ticks = max(1, round(side_m / speed * rate_hz))
+        ``speed`` m/s, ``control_hz`` reads a second: the arm comes back where it started."""
+        ticks = max(1, round(side_m / speed * control_hz))
         steps = []
         for axis, sign in ((0, 1), (1, 1), (0, -1), (1, -1)):
             twist = np.zeros(6)
@@ -43,7 +43,7 @@ class Scripted(TeleopDevice):
     @classmethod
     def from_params(cls, p: TeleopParams, spec: Embodiment) -> Scripted:
         # a 5 cm square at linear_scale: small enough to stay inside every task's workspace
-        return cls.square(0.05, p.linear_scale, p.rate_hz or spec.control_hz)
+        return cls.square(0.05, p.linear_scale, p.control_hz or spec.control_hz)
 
     def read(self) -> TeleopInput:
         i = self.reads % len(self.steps) if self.loop else self.reads
