@@ -184,6 +184,14 @@ def load_recipe(policy: str, recipe: str) -> dict[str, Any]:
     }
 
 
+def tiny_overrides(policy: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The policy section of ``recipes/<policy>_tiny.yaml`` (test-size networks, for the tests
+    and ``make demo --quick``) as ``--set`` items, e.g. ``["policy.dim_model=32", ...]``,
+    without the keys in ``exclude``. ``UserError`` when the policy bundles no tiny recipe."""
+    settings = load_recipe(policy, "tiny")["policy"]
+    return [f"policy.{k}={json.dumps(v)}" for k, v in settings.items() if k not in exclude]
+
+
 def parse_sets(sets: list[str]) -> list[tuple[str, str, Any]]:
     """``--set section.key=value`` items -> (section, key, value) in order."""
     out = []

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from data.embodiment import load_embodiment  # noqa: E402
 from data.store import DemoStore  # noqa: E402
-from handoff_ros.tiny import TINY_ACT  # noqa: E402,F401  (shared; ROS-free: test_contract)
+from handoff_ros.tiny import TINY_ACT  # noqa: E402,F401  (recipes/act_tiny.yaml; ROS-free: test_contract)
 
 
 def make_episode(T: int, seed: int = 0, image_hw: tuple[int, int] | None = (16, 16)) -> dict:

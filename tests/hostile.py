@@ -169,11 +169,11 @@ def _store_case(kind: str) -> Callable[[Path], tuple[str, Truth | None]]:
 TINY_TRAIN = [  # tests/test_train.py's small budget
     *("--steps", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"),
     *("--set", "train.save_every=2", "--set", "train.warmup_steps=1"),
-    *("--set", "policy.vision_width=16"),
 ]
 
 
 def tiny_act_sets() -> list[str]:
+    """``--set`` pairs of the tiny ACT (policies/recipes/act_tiny.yaml, its vision width too)."""
     from tests.conftest import TINY_ACT
 
     return [a for s in TINY_ACT for a in ("--set", s)]

@@ -12,7 +12,7 @@ import pytest
 from data.store import EVAL_SEED, DemoStore
 from policies.checkpoint import load_policy
 from policies.train import main as train_main
-from tests.conftest import TINY_ACT
+from policies.train import tiny_overrides
 
 pytestmark = pytest.mark.slow
 CAMERAS = ["agentview", "wrist"]
@@ -33,10 +33,8 @@ def train(store: DemoStore, out: Path, policy: str, *extra: str) -> dict:
     argv = ["--policy", policy, "--data", store.path, "--out", str(out), "--device", "cpu"]
     argv += ["--steps", "3", "--batch-size", "4", "--no-progress", *extra]
     sets = ["train.warmup_steps=1", "train.save_every=3"]
-    if policy == "act":
-        sets += TINY_ACT
-    else:
-        sets += ["policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16"]
+    # tiny networks, but the camera recipe's own vision width (a test below checks it)
+    sets += tiny_overrides(policy, exclude=("vision_width",))
     for s in sets:
         argv += ["--set", s]
     assert train_main(argv) == 0

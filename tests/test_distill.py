@@ -18,16 +18,12 @@ from policies.checkpoint import save_policy
 from policies.diffusion.distill import ConsistencyDistillation
 from policies.diffusion.model import consistency_sampling_timesteps
 from policies.runner import make_runner
-from policies.train import main
+from policies.train import main, tiny_overrides
 from tests.conftest import make_episode
 from tests.test_policies import build, random_obs
 
-# Tiny networks through the same --set overrides a user has (as tests/test_train.py).
-TINY = [
-    "policy.down_dims=[16,32]",
-    "policy.diffusion_step_embed_dim=16",
-    "policy.num_inference_steps=3",
-]
+# Tiny networks (policies/recipes/diffusion_tiny.yaml) through the --set overrides a user has.
+TINY = tiny_overrides("diffusion")
 COMMON = ["--batch-size", "8", "--device", "cpu", "--no-progress", "--set", "train.warmup_steps=2"]
 
 

@@ -15,30 +15,15 @@ from policies.checkpoint import save_policy
 from policies.common.normalizer import Normalizer
 from policies.common.vision import ResNet18GN, SpatialSoftmax, crop_images, prepare_images
 from policies.registry import get_policy_class, make_config, policy_names, register_policy
+from policies.train import load_recipe
 
 STATE_KEYS = ["eef_pos", "gripper_pos", "joint_pos"]
-# Tiny networks: the checks are about behaviour, not capacity.
-TINY = {
-    "diffusion": {
-        "down_dims": [16, 32],
-        "diffusion_step_embed_dim": 16,
-        "vision_width": 16,
-        "n_layer": 1,
-        "n_head": 2,
-        "n_emb": 16,
-        "num_inference_steps": 4,
-    },
-    "act": {
-        "dim_model": 32,
-        "n_heads": 2,
-        "dim_feedforward": 64,
-        "n_encoder_layers": 1,
-        "n_vae_encoder_layers": 1,
-        "latent_dim": 4,
-        "horizon": 10,
-        "n_action_steps": 5,
-        "vision_width": 16,
-    },
+# What the checks below add to each policy's tiny network (policies/recipes/<name>_tiny.yaml):
+# ACT executes chunks 5 actions at a time, without temporal ensembling, so the chunk queue is
+# exercised; diffusion samples with 4 DDIM steps.
+CHECKS = {
+    "diffusion": {"num_inference_steps": 4},
+    "act": {"horizon": 10, "n_action_steps": 5, "temporal_ensemble_coeff": None},
 }
 NAMES = policy_names()
 
@@ -62,7 +47,8 @@ def stats_for(spec, keys):
 def build(name: str, image: bool = False, **overrides):
     spec = small_embodiment(image)
     keys = STATE_KEYS + (["agentview"] if image else [])
-    config = make_config(name, {**TINY[name], "obs_keys": keys, **overrides})
+    tiny = {**load_recipe(name, "tiny")["policy"], **CHECKS.get(name, {})}
+    config = make_config(name, {**tiny, "obs_keys": keys, **overrides})
     modes = {k: config.lowdim_norm for k in STATE_KEYS} | {"action": config.action_norm}
     normalizer = Normalizer.from_stats(stats_for(spec, [*STATE_KEYS, "action"]), modes)
     return get_policy_class(name)(config, spec, normalizer)

@@ -18,7 +18,7 @@ from policies import load
 from policies.diffusion.streaming import ActionStream, training_timesteps
 from policies.diffusion.unet import ConditionalUnet1D
 from policies.runner import make_runner
-from policies.train import RECIPES_DIR, main
+from policies.train import RECIPES_DIR, main, tiny_overrides
 from tests.conftest import make_episode
 from tests.test_policies import build, random_obs
 
@@ -113,7 +113,7 @@ def test_streaming_model_trains_with_the_recipe(tmp_path, capsys):
         store.append_episode(ep, task="lift", source="scripted", success=True, seed=e)
     recipe = RECIPES_DIR / "diffusion_streaming_cpu.yaml"
     argv = ["--policy", "diffusion", "--recipe", str(recipe), "--data", str(store.path)]
-    sets = ["policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16"]
+    sets = tiny_overrides("diffusion", exclude=("num_inference_steps",))  # the recipe's 16 levels
     common = ["--steps", "4", "--batch-size", "8", "--device", "cpu", "--no-progress"]
     out = tmp_path / "run"
     assert main([*argv, "--out", str(out), *common, *sum([["--set", s] for s in sets], [])]) == 0

@@ -10,19 +10,10 @@ from safetensors.torch import load_file
 
 from data.store import DemoStore
 from policies import load
-from policies.train import main
-from tests.conftest import TINY_ACT
+from policies.train import main, tiny_overrides
 
-# Tiny networks through the same --set overrides a user has.
-TINY = {
-    "diffusion": [
-        "policy.down_dims=[16,32]",
-        "policy.diffusion_step_embed_dim=16",
-        "policy.vision_width=16",
-        "policy.num_inference_steps=3",
-    ],
-    "act": [*TINY_ACT, "policy.vision_width=16"],
-}
+# Tiny networks (policies/recipes/<policy>_tiny.yaml) through the same --set overrides a user has.
+TINY = {policy: tiny_overrides(policy) for policy in ("diffusion", "act")}
 
 
 def train(store, out, policy="diffusion", steps=12, extra=(), **kw):

@@ -14,7 +14,8 @@ checkpoint, an evaluation report) unless --fresh is given. --fresh redoes every 
 replacing its earlier output only when the new one is complete (the commands' --force): nothing
 in --out is deleted up front, so an interrupted --fresh run keeps the last complete results and
 an --out that holds other things keeps them. --quick shrinks every stage for a smoke test of
-the loop (the policy it trains is not expected to succeed).
+the loop: a few demonstrations, episodes and steps, and the tiny network of the tests
+(``--recipe tiny``); the policy it trains is not expected to succeed.
 
     python -m handoff_ros.demo [--policy act|diffusion] [--cameras] [--out demo] [--fresh] [--quick]
 """
@@ -43,6 +44,7 @@ class DemoSize:
     eval_episodes: int
     ros_episodes: int
     video_episodes: int
+    recipe: str = "cpu"  # handoff-train --recipe: the network sizes and training settings
 
 
 # Full size on a 2-core machine: 100 demos (~1 min), the CPU recipe capped at 9 minutes of
@@ -51,8 +53,15 @@ class DemoSize:
 FULL = DemoSize(
     demos=100, train_steps=0, train_minutes=9.0, eval_episodes=50, ros_episodes=5, video_episodes=3
 )
+# --quick: the tiny networks the tests use (policies/recipes/<policy>_tiny.yaml)
 QUICK = DemoSize(
-    demos=4, train_steps=20, train_minutes=0.0, eval_episodes=2, ros_episodes=1, video_episodes=1
+    demos=4,
+    train_steps=20,
+    train_minutes=0.0,
+    eval_episodes=2,
+    ros_episodes=1,
+    video_episodes=1,
+    recipe="tiny",
 )
 
 
@@ -194,7 +203,7 @@ def demo(
             "--out",
             str(run_dir),
             "--recipe",
-            "cpu",
+            size.recipe,
             "--device",
             "cpu",
             "--force",
@@ -291,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="act", help="policy to train: act (default) or diffusion")
     p.add_argument("--out", default="runs/demo", help="folder for the store, run and reports")
     p.add_argument("--fresh", action="store_true", help="rebuild everything from scratch")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the loop")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes (--recipe tiny): a smoke test of the loop"
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel sim workers (2)")
     p.add_argument(
         "--cameras",

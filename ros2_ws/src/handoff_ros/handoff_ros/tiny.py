@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# A tiny ACT through the same --set overrides a user has (the project's tests use it too)
-TINY_ACT = [
-    "policy.dim_model=32",
-    "policy.n_heads=2",
-    "policy.dim_feedforward=64",
-    "policy.n_encoder_layers=1",
-    "policy.n_vae_encoder_layers=1",
-    "policy.horizon=8",
-    "policy.latent_dim=4",
-]
+from policies.train import tiny_overrides
+
+# A tiny ACT through the same --set overrides a user has: policies/recipes/act_tiny.yaml
+TINY_ACT = tiny_overrides("act")
 
 
 # the sim Panda's initial pose in the lift scene (robosuite's init_qpos), rad
