@@ -208,3 +208,17 @@ def test_a_stop_before_any_step_discards_at_once_and_says_so(tmp_path):
     assert rec.flush()
     rec.close()
     assert DemoStore.open(store.path).n_episodes == 0
+
+
+def test_a_command_sent_just_after_a_tick_belongs_to_it():
+    """The recorder's action_offset_s, as the bag importer applies it (data.align): a command
+    stamped up to the offset after a tick is that tick's action; a later one is the next's."""
+    late = Stream("action", None, offset=0.025)
+    on_time = Stream("action", None)
+    for s in (late, on_time):
+        s.push(0.99, {"action": np.array([1.0])}, 0.99)
+        s.push(1.01, {"action": np.array([2.0])}, 1.01)  # 10 ms after tick 1.0
+        s.push(1.04, {"action": np.array([3.0])}, 1.04)  # 40 ms after: tick 1.05's
+    assert late.at(1.0)[0]["action"][0] == 2.0
+    assert on_time.at(1.0)[0]["action"][0] == 1.0
+    assert late.at(1.05)[0]["action"][0] == 3.0

@@ -379,8 +379,9 @@ class PolicyNode(LifecycleNode):
     # ---- operator interface ----------------------------------------------------------------
 
     def on_engaged(self, msg: Bool) -> None:
-        if msg.data:
-            self.operator_time = now_sec(self)
+        """The operator's deadman: yield while engaged; an explicit release hands the arm back
+        at once (as the recorder labels it), silence only after the deadman's 0.5 s."""
+        self.operator_time = now_sec(self) if msg.data else -np.inf
 
     def on_estop(self, msg: Bool) -> None:
         if msg.data:

@@ -199,7 +199,7 @@ class RecorderNode(Node):
         if missing:
             raise UserError(f"spec {spec.name}: no topic records observation(s) {sorted(missing)}")
         # the action and the engaged flag hold their last value: a controller keeps its target
-        self.streams["action"] = Stream("action", None)
+        self.streams["action"] = Stream("action", None, offset=p.action_offset_s)
         self.streams["engaged"] = Stream("engaged", 0.5)  # 0.5 s: the deadman's timeout
         self.command = np.full(spec.action_dim, np.nan)
         self.command[-1] = spec.gripper.open_command

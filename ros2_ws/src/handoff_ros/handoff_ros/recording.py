@@ -83,11 +83,15 @@ class StreamStats:
 
 class Stream:
     """Recent messages of one topic; ``max_age`` None = the value never goes stale (a command
-    a position controller keeps holding)."""
+    a position controller keeps holding); ``offset`` s: a message stamped up to this long
+    after a tick belongs to it (commands, data.align's rule, as the bag importer applies it)."""
 
-    def __init__(self, name: str, max_age: float | None, keep: int = 64) -> None:
+    def __init__(
+        self, name: str, max_age: float | None, keep: int = 64, offset: float = 0.0
+    ) -> None:
         self.name = name
         self.max_age = max_age
+        self.offset = offset
         self._stamps: deque[float] = deque(maxlen=keep)
         self._values: deque[dict[str, np.ndarray]] = deque(maxlen=keep)
         self._lock = threading.Lock()
@@ -114,7 +118,7 @@ class Stream:
             if not self._stamps:
                 return None, True
             stamps = np.fromiter(self._stamps, dtype=np.float64, count=len(self._stamps))
-            idx, gap = latest_index(stamps, tick, self.max_age)
+            idx, gap = latest_index(stamps, tick + self.offset, self.max_age)
             i = int(idx[0])
             # live there is no "first message" to edge-pad with: before it there is nothing
             return (None, True) if i < 0 else (self._values[i], bool(gap[0]))
