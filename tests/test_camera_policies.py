@@ -107,7 +107,7 @@ def test_seeds_move_past_a_store_that_reaches_the_evaluation_base(tmp_path):
 def test_policy_node_refuses_a_privileged_checkpoint_on_a_real_arm(camera_store, tmp_path):
     import time
 
-    from handoff_ros.testing import NodeProcess, fresh_domain_id, nodes
+    from handoff_ros.processes import NodeProcess, fresh_domain_id, nodes
 
     train(camera_store, tmp_path / "run", "act", "--privileged")
     params = {"checkpoint": str(tmp_path / "run"), "robot": "real"}

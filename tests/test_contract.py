@@ -137,17 +137,9 @@ def test_pure_test_setup_imports_no_ros():
         "import sys, tests.conftest, data.rosmsg, data.convert.rosbag_msgs, handoff_ros.tiny\n"
         "ros = ('rclpy', 'sensor_msgs', 'std_msgs', 'rosidl_runtime_py')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ros "
-        "or m == 'handoff_ros.testing'))"
+        "or m == 'handoff_ros.processes'))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_ros_helpers_still_share_the_tiny_configs():
-    pytest.importorskip("rclpy")
-    from handoff_ros import testing, tiny
-
-    assert testing.TINY_ACT is tiny.TINY_ACT and testing.SIM_HOME is tiny.SIM_HOME
-    assert testing.train_tiny_checkpoint is tiny.train_tiny_checkpoint

@@ -37,14 +37,10 @@ from data.embodiment import load_embodiment  # noqa: E402
 from data.store import DemoStore  # noqa: E402
 from data.validate import validate_store  # noqa: E402
 from handoff_ros.closed_loop import sim_params_file  # noqa: E402
+from handoff_ros.processes import Probe, fresh_domain_id  # noqa: E402
 from handoff_ros.ros2_launch import LaunchProcess, LaunchUnavailableError, launch_env  # noqa: E402
 from handoff_ros.rosutil import use_dds_profile  # noqa: E402
-from handoff_ros.testing import (  # noqa: E402
-    SIM_HOME,
-    Probe,
-    fresh_domain_id,
-    train_tiny_checkpoint,
-)
+from handoff_ros.tiny import SIM_HOME, train_tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

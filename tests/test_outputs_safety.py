@@ -618,7 +618,7 @@ def test_sim_arm_node_with_a_gl_backend_that_cannot_open(tmp_path, monkeypatch):
     """The sim_arm node with cameras and MUJOCO_GL=glfw, headless: exit 2 with one error line
     naming the back-ends that work, not a traceback from its render thread."""
     pytest.importorskip("rclpy")
-    from handoff_ros.testing import NodeProcess, fresh_domain_id
+    from handoff_ros.processes import NodeProcess, fresh_domain_id
 
     monkeypatch.delenv("HANDOFF_GL", raising=False)
     monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)

@@ -19,8 +19,8 @@ from data.errors import UserError  # noqa: E402
 from handoff_ros.camera import CameraParams  # noqa: E402
 from handoff_ros.camera_sources import CAMERA_SOURCES, CameraSource, GrabThread  # noqa: E402
 from handoff_ros.images import from_compressed_msg, from_image_msg  # noqa: E402
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
-from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -33,13 +33,8 @@ from data.store import (  # noqa: E402
 )
 from data.validate import validate_store  # noqa: E402
 from handoff_ros.closed_loop import sim_params_file  # noqa: E402
-from handoff_ros.testing import (  # noqa: E402
-    NodeProcess,
-    Probe,
-    fresh_domain_id,
-    nodes,
-    train_tiny_checkpoint,
-)
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
+from handoff_ros.tiny import train_tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

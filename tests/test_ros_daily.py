@@ -28,17 +28,9 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from data.errors import UserError  # noqa: E402
 from handoff_ros.closed_loop import domain_id  # noqa: E402
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes, param_args, ros_env  # noqa: E402
 from handoff_ros.rosutil import DDS_PROFILES, dds_profile  # noqa: E402
-from handoff_ros.testing import (  # noqa: E402
-    SIM_HOME,
-    NodeProcess,
-    Probe,
-    fresh_domain_id,
-    nodes,
-    param_args,
-    ros_env,
-    train_tiny_checkpoint,
-)
+from handoff_ros.tiny import SIM_HOME, train_tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 

@@ -18,14 +18,8 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from data.store import DemoStore  # noqa: E402
-from handoff_ros.testing import (  # noqa: E402
-    SIM_HOME,
-    NodeProcess,
-    Probe,
-    fresh_domain_id,
-    nodes,
-    train_tiny_checkpoint,
-)
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
+from handoff_ros.tiny import SIM_HOME, train_tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

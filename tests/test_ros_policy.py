@@ -13,14 +13,9 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
-from handoff_ros.testing import (  # noqa: E402
-    NodeProcess,
-    Probe,
-    fresh_domain_id,
-    nodes,
-    train_tiny_checkpoint,
-)
+from handoff_ros.tiny import train_tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

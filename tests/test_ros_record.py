@@ -24,8 +24,8 @@ from data.store import DemoStore  # noqa: E402
 from data.validate import validate_store  # noqa: E402
 from handoff_ros.commands import forward_msg, trajectory_msg  # noqa: E402
 from handoff_ros.images import to_image_msg  # noqa: E402
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
-from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 

@@ -14,6 +14,7 @@ from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 
 from data.embodiment import load_embodiment  # noqa: E402
 from data.errors import UserError  # noqa: E402
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 from handoff_ros.teleop import TeleopParams  # noqa: E402
 from handoff_ros.teleop_devices import (  # noqa: E402
     DEVICES,
@@ -26,7 +27,6 @@ from handoff_ros.teleop_devices import (  # noqa: E402
 from handoff_ros.teleop_devices.joy import Joy as JoyDevice  # noqa: E402
 from handoff_ros.teleop_devices.leader import Leader  # noqa: E402
 from handoff_ros.teleop_devices.scripted import Scripted  # noqa: E402
-from handoff_ros.testing import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 
 FORWARD = "/forward_position_controller/commands"
 

@@ -51,16 +51,9 @@ from std_srvs.srv import Trigger
 from data.embodiment import load_embodiment
 from data.store import DemoStore
 from data.validate import validate_store
+from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes, ros_env  # noqa: E402
 from handoff_ros.rosutil import DDS_PROFILES
-from handoff_ros.testing import (
-    SIM_HOME,
-    NodeProcess,
-    Probe,
-    fresh_domain_id,
-    nodes,
-    ros_env,
-    train_tiny_checkpoint,
-)
+from handoff_ros.tiny import SIM_HOME, train_tiny_checkpoint  # noqa: E402
 
 FORWARD = "/forward_position_controller/commands"
 BASELINE_TIMER = """

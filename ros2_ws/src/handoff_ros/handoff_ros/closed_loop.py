@@ -51,7 +51,7 @@ def domain_id() -> int:
     """The caller's ``ROS_DOMAIN_ID``; unset or empty, one in 1-101, derived from the process id
     (the range ROS calls safe on every OS). UserError for anything but an integer 0-232 (Fast
     DDS derives its UDP ports from it and has none beyond 232)."""
-    from handoff_ros.testing import fresh_domain_id
+    from handoff_ros.processes import fresh_domain_id
 
     value = os.environ.get("ROS_DOMAIN_ID", "").strip()
     if not value:
@@ -84,7 +84,7 @@ def run_closed_loop(
     from std_srvs.srv import SetBool, Trigger
 
     import policies
-    from handoff_ros.testing import NodeProcess, Probe, nodes
+    from handoff_ros.processes import NodeProcess, Probe, nodes
     from sim._gl import configure_gl
     from sim.evaluate import unseen_seed, wilson_interval
     from sim.tasks import get_task

@@ -96,9 +96,9 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
 
     import policies
     from handoff_ros.closed_loop import EPISODE_SECONDS, sim_params_file
+    from handoff_ros.processes import Probe, fresh_domain_id
     from handoff_ros.ros2_launch import LaunchProcess, launch_env
     from handoff_ros.rosutil import use_dds_profile
-    from handoff_ros.testing import Probe, fresh_domain_id
 
     print("finding ros2 launch (the first time, builds ../shared/ros2-launch: ~1 min)", flush=True)
     env = launch_env()

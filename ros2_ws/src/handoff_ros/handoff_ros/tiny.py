@@ -1,7 +1,7 @@
 """Tiny training configs, poses and checkpoints shared by the tests, ROS and pure alike.
 
 ROS-free on purpose: tests/conftest.py imports it, so store and policy tests run where rclpy
-is not installed. handoff_ros.testing re-exports everything here for its ROS users.
+is not installed; ROS tests import it beside handoff_ros.processes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks that run handoff nodes over real DDS on loopback.
+"""Node processes and probes over real DDS on loopback: for closed_loop, the demo, the
+benchmarks and the tests.
 
 Every process started here gets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and the caller's
 ``ROS_DOMAIN_ID``, so no traffic leaves the machine and parallel runs do not see each other.
@@ -24,7 +25,6 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from handoff_ros.rosutil import use_dds_profile
-from handoff_ros.tiny import SIM_HOME, TINY_ACT, train_tiny_checkpoint  # noqa: F401  (re-exported)
 
 _counter = 0
 
