@@ -65,7 +65,7 @@ $(STAMP): pyproject.toml Makefile $(ROS_PKG)/setup.py
 	@$(PY) -c 'import torch; c = torch.version.cuda; print("setup done: $(VENV) with torch", torch.__version__, f"(CUDA {c} build)" if c else "(CPU build)")'
 
 # -p no:launch_testing: launch_testing's pytest plugin (from a sourced ROS 2 or the launch
-# tooling tests/test_launch_run.py builds) needs pytest < 9; those tests run ros2 launch instead
+# tooling tests/handoff_ros/test_launch_run.py builds) needs pytest < 9; those tests run ros2 launch instead
 test: setup
 	$(PY) -m pytest -q -p no:launch_testing
 

@@ -37,7 +37,7 @@ EEF_SITE = "gripper0_right_grip_site"
 BASE_BODY = "robot0_base"
 FINGER_OPEN = np.array([0.04, -0.04])  # ctrlrange ends of robosuite's panda_gripper.xml
 # Joint-impedance gains of Franka's own joint_impedance example controller (Nm/rad, Nms/rad);
-# stiff enough that the arm settles on a target within ~0.1 s (tests/test_sim.py checks it).
+# stiff enough that the arm settles on a target within ~0.1 s (tests/sim/test_sim.py checks it).
 KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
 KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
 SCENE_SEED = 0  # robosuite's model-building seed, fixed: see _make_env

@@ -166,7 +166,7 @@ def _store_case(kind: str) -> Callable[[Path], tuple[str, Truth | None]]:
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-TINY_TRAIN = [  # tests/test_train.py's small budget
+TINY_TRAIN = [  # tests/policies/test_train.py's small budget
     *("--steps", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"),
     *("--set", "train.save_every=2", "--set", "train.warmup_steps=1"),
 ]
@@ -246,7 +246,7 @@ def train_template(root: Path) -> tuple[Path, Path]:
 
 def _lerobot_case(kind: str):
     def build(d: Path) -> tuple[str, Truth | None]:
-        from tests.test_convert_lerobot import write_v21
+        from tests.data.test_convert_lerobot import write_v21
 
         ds = d / "ds"
         truth = write_v21(ds, lengths=(4, 5))
@@ -274,7 +274,7 @@ def _robomimic_case(kind: str):
     def build(d: Path) -> tuple[str, Truth | None]:
         import h5py
 
-        from tests.test_convert_robomimic import write_robomimic
+        from tests.data.test_convert_robomimic import write_robomimic
 
         f = d / "demo.hdf5"
         write_robomimic(f, lengths=(5, 6))
@@ -311,7 +311,7 @@ def _bag_case(kind: str):
 
         from data.convert import convert
         from data.convert.rosbag_msgs import typestore
-        from tests.test_convert_common import make_store
+        from tests.data.test_convert_common import make_store
 
         make_store(d / "src.zarr", lengths=(6, 5))
         truth = _store_truth(d / "src.zarr", ["joint_pos", "action"])

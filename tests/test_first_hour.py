@@ -15,8 +15,8 @@ from data.cli import main as data_main
 from data.convert import convert
 from data.convert.lerobot_store import cache_root
 from policies import load
-from tests.test_convert_common import make_store
-from tests.test_train import train
+from tests.data.test_convert_common import make_store
+from tests.policies.test_train import train
 
 BIN = Path(sys.executable).parent
 

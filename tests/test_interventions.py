@@ -138,8 +138,8 @@ def test_labels_are_reserved_and_never_an_observation(tmp_path):
     ("fmt", "dst"), [("lerobot", "lr"), ("robomimic", "r.hdf5"), ("rosbag2", "bag")]
 )
 def test_labels_survive_every_converter(tmp_path, fmt, dst):
-    from tests.test_convert_common import make_episode as full_episode
-    from tests.test_convert_common import spec
+    from tests.data.test_convert_common import make_episode as full_episode
+    from tests.data.test_convert_common import spec
 
     store = DemoStore.create(tmp_path / "a.zarr", spec().with_cameras([], None))
     rng = np.random.default_rng(0)

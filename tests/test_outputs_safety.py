@@ -21,8 +21,8 @@ from data.cli import main as data_main
 from data.errors import UserError
 from data.outputs import check_output, publish, staging_dir
 from data.store import DemoStore
-from tests import test_train
 from tests.conftest import make_episode
+from tests.policies import test_train
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -323,7 +323,7 @@ state_store = test_train.state_store  # the fixture: a state-only copy of small_
 
 
 def train(store, out: Path, *flags: str, steps: int = 6, sets: tuple[str, ...] = ()) -> int:
-    """A tiny diffusion run on the CPU (the settings tests/test_train.py uses)."""
+    """A tiny diffusion run on the CPU (the settings tests/policies/test_train.py uses)."""
     argv = ["--policy", "diffusion", "--data", str(store), "--out", str(out), "--steps"]
     argv += [str(steps), "--batch-size", "4", "--device", "cpu", "--no-progress", *flags]
     for item in (

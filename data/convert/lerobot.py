@@ -56,7 +56,7 @@ from data.errors import UserError
 from data.video import VideoDecoder
 
 # Cameras are H.264 video (data/video.py). crf 18 is x264's "visually lossless" point: frames
-# decode at >= 35 dB PSNR on camera-like content (tests/test_convert_lerobot.py checks it);
+# decode at >= 35 dB PSNR on camera-like content (tests/data/test_convert_lerobot.py checks it);
 # that loss is what a video round trip costs. A keyframe every 2nd frame follows LeRobot's
 # encoder default (``g=2``): random access (training-time seeking) stays cheap.
 DEFAULT_CRF = 18

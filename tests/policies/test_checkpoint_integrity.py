@@ -24,7 +24,7 @@ from policies import load
 from policies.checkpoint import save_policy
 from policies.train import main as train_main
 from tests.conftest import TINY_ACT, make_episode
-from tests.test_policies import build
+from tests.policies.test_policies import build
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from policies.diffusion.model import consistency_sampling_timesteps
 from policies.runner import make_runner
 from policies.train import main, tiny_overrides
 from tests.conftest import make_episode
-from tests.test_policies import build, random_obs
+from tests.policies.test_policies import build, random_obs
 
 # Tiny networks (policies/recipes/diffusion_tiny.yaml) through the --set overrides a user has.
 TINY = tiny_overrides("diffusion")

@@ -15,7 +15,7 @@ from data.convert import convert
 from data.dataset import SequenceDataset
 from data.errors import UserError
 from data.store import DemoStore
-from tests.test_convert_common import assert_lowdim_equal, frames, make_store, psnr
+from tests.data.test_convert_common import assert_lowdim_equal, frames, make_store, psnr
 
 MIN_PSNR_DB = 35.0  # H.264 at crf 18 (data/convert/lerobot.py) on camera-like frames
 

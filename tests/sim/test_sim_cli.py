@@ -76,7 +76,7 @@ def test_collected_store_has_contract_keys_and_meta(collected):
         assert meta["task"] == "lift" and meta["source"] == "scripted"
         assert meta["success"] is True and meta["seed"] == 10 + i
     assert store.embodiment.privileged == ("object_state",)
-    if (Path(__file__).parents[1] / "data" / "cli.py").exists():
+    if (Path(__file__).parents[2] / "data" / "cli.py").exists():
         v = run("handoff-data", "validate", str(collected))
         assert v.returncode == 0, v.stdout + v.stderr
 

@@ -20,10 +20,10 @@ from data.align import JointStateMerge, latest_index
 from data.convert import convert
 from data.errors import UserError
 from data.store import DemoStore
-from tests.test_convert_common import make_store, spec
-from tests.test_convert_lerobot import write_mp4, write_v21
-from tests.test_convert_robomimic import ENV_ARGS, write_robomimic
-from tests.test_convert_rosbag import FINGERS, NS, T_, TS, floats, header
+from tests.data.test_convert_common import make_store, spec
+from tests.data.test_convert_lerobot import write_mp4, write_v21
+from tests.data.test_convert_robomimic import ENV_ARGS, write_robomimic
+from tests.data.test_convert_rosbag import FINGERS, NS, T_, TS, floats, header
 
 MSG = "sensor_msgs/msg/JointState"
 GREY_STEP = 4  # grey level per frame index: H.264 keeps flat grey within +-1

@@ -289,7 +289,7 @@ def test_closed_loop_joins_the_callers_domain_and_says_which_seeds_it_runs(monke
         [sys.executable, "-m", "handoff_ros.closed_loop", "--help"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert r.returncode == 0
     text = " ".join(r.stdout.split())

@@ -43,7 +43,7 @@ def test_sigkill_at_random_moments(tmp_path):
 
     path = str(tmp_path / "crash.zarr")
     rng = np.random.default_rng(0)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo}
     kills = 0
     for _ in range(20):

@@ -14,7 +14,7 @@ from data.convert import convert
 from data.dataset import SequenceDataset
 from data.errors import UserError
 from data.store import DemoStore
-from tests.test_convert_common import assert_lowdim_equal, frames, make_store, spec
+from tests.data.test_convert_common import assert_lowdim_equal, frames, make_store, spec
 
 NS = 1_000_000_000
 TS = get_typestore(Stores.ROS2_KILTED)

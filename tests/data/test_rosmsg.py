@@ -19,7 +19,7 @@ from data import rosmsg
 from data.align import JointStateMerge
 from data.embodiment import load_embodiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_embodiment("sim_panda")
 FINGERS = list(SPEC.gripper.joint_names)
 J, F = SPEC.n_joints, len(FINGERS)

@@ -1,4 +1,4 @@
-"""Launch files and parameter files, checked statically (tests/test_launch_run.py runs them).
+"""Launch files and parameter files, checked statically (test_launch_run.py runs them).
 
 These checks need no ``launch``/``launch_ros`` (not on PyPI): each launch file parses; every
 node it starts names a package/executable that exists (ours: an entry point and a module with
@@ -31,7 +31,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from handoff_ros.rosutil import param_fields  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "ros2_ws" / "src" / "handoff_ros"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 PARAM_FILES = sorted((PKG / "config").glob("*.yaml"))

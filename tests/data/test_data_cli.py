@@ -115,7 +115,7 @@ def test_delete_and_export_video(tmp_path, small_store):
 def test_format2_store_converts_into_a_writable_copy(tmp_path):
     import numcodecs
 
-    from tests.test_store_compat import _write_diffusion_policy_store
+    from tests.data.test_store_compat import _write_diffusion_policy_store
 
     src = tmp_path / "pusht.zarr"
     arrays = _write_diffusion_policy_store(src, numcodecs.Blosc("zstd", 3))

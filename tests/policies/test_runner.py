@@ -236,7 +236,7 @@ def test_make_runner_safety_defaults_match_the_sim_arm_node():
 
 
 def test_diffusion_guidance_inpaints_the_frozen_prefix():
-    from tests.test_policies import build, random_obs
+    from tests.policies.test_policies import build, random_obs
 
     policy = build("diffusion").eval()
     rng = np.random.default_rng(0)
@@ -255,7 +255,7 @@ def test_diffusion_guidance_inpaints_the_frozen_prefix():
 
 def test_make_runner_sets_a_diffusion_policys_sampling_steps():
     from data.errors import UserError
-    from tests.test_policies import build
+    from tests.policies.test_policies import build
 
     policy = build("diffusion").eval()
     make_runner(policy, sampling_steps=2)

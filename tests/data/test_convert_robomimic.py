@@ -12,7 +12,7 @@ from data.convert import convert
 from data.dataset import SequenceDataset
 from data.errors import UserError
 from data.store import DemoStore
-from tests.test_convert_common import assert_lowdim_equal, make_store
+from tests.data.test_convert_common import assert_lowdim_equal, make_store
 
 ENV_ARGS = {"env_name": "Lift", "type": 1, "env_kwargs": {"control_freq": 20}}
 

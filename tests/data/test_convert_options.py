@@ -16,7 +16,7 @@ from data.convert import FORMATS, Format, Option, convert
 from data.convert.base import PLUMBING
 from data.convert.cli import add_convert_parser
 from data.errors import UserError
-from tests.test_convert_common import make_store
+from tests.data.test_convert_common import make_store
 
 
 class ProbeWriter:

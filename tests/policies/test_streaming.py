@@ -20,7 +20,7 @@ from policies.diffusion.unet import ConditionalUnet1D
 from policies.runner import make_runner
 from policies.train import RECIPES_DIR, main, tiny_overrides
 from tests.conftest import make_episode
-from tests.test_policies import build, random_obs
+from tests.policies.test_policies import build, random_obs
 
 # Tp = 20, To = 2, Ta = 8: h = 2 chunks and a 3-action tail (the SDP reference's horizons);
 # 8 DDIM levels: 4 network passes per call.
