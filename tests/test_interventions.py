@@ -334,7 +334,7 @@ def test_a_dropped_object_triggers_a_takeover():
 
 def test_streamed_labels_equal_whole_episode_labels():
     pytest.importorskip("sensor_msgs")
-    from handoff_ros.recording import RolloutLabeler
+    from handoff_ros.episode_recorder import RolloutLabeler
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -349,7 +349,7 @@ def test_streamed_labels_equal_whole_episode_labels():
 
 def test_recorder_labels_a_policy_rollout_from_the_engaged_flag(tmp_path):
     pytest.importorskip("sensor_msgs")
-    from handoff_ros.recording import EpisodeRecorder, Stream
+    from handoff_ros.episode_recorder import EpisodeRecorder, Stream
 
     store = DemoStore.create(tmp_path / "rec.zarr", SPEC)
     streams = {

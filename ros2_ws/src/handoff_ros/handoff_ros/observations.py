@@ -26,8 +26,8 @@ from std_msgs.msg import Float64MultiArray
 from data import rosmsg
 from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment
+from handoff_ros.episode_recorder import non_finite_keys
 from handoff_ros.images import fit
-from handoff_ros.recording import non_finite_keys
 from handoff_ros.rosutil import merge_joint_state, now_sec, stamp_to_sec
 
 

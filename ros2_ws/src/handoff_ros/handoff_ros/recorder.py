@@ -7,11 +7,11 @@ plus the gripper command); before the first command it is the measured position,
 what a position controller holds. ``data/intervention`` is the teleop node's engaged flag
 (False when no teleop runs), so human corrections during policy rollouts are marked; with
 ``source:=policy`` (a correction session, launch/correct.launch.py) each step also gets its
-``data/label`` (autonomous, intervention, pre-intervention; handoff_ros.recording) and an
+``data/label`` (autonomous, intervention, pre-intervention; handoff_ros.episode_recorder) and an
 episode with a takeover is committed with source ``corrected``.
 
 Alignment: a timer ticks at the spec's rate; tick ``t`` is assembled ``lag_s`` later with
-data/align.py's rule (see handoff_ros.recording). Services: ``~/start``, ``~/stop``,
+data/align.py's rule (see handoff_ros.episode_recorder). Services: ``~/start``, ``~/stop``,
 ``~/discard`` (Trigger), ``~/mark_success`` (SetBool). ``~/stop`` answers with the outcome:
 success means the episode is committed (with the tick of the request, once assembled); an
 episode without a single step is discarded and answers success=false with the reason.
@@ -45,8 +45,8 @@ from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
 from data.store import DemoStore
 from handoff_ros.commands import trajectory_from_msg
+from handoff_ros.episode_recorder import EncodedFrame, EpisodeRecorder, Stream, non_finite_keys
 from handoff_ros.images import ImageError, check_compressed, from_image_msg
-from handoff_ros.recording import EncodedFrame, EpisodeRecorder, Stream, non_finite_keys
 from handoff_ros.rosutil import (
     ERROR,
     OK,

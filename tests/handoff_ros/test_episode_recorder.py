@@ -7,7 +7,7 @@ import numpy as np
 from data.embodiment import load_embodiment
 from data.store import DemoStore
 from data.validate import validate_store
-from handoff_ros.recording import EpisodeRecorder, Stream
+from handoff_ros.episode_recorder import EpisodeRecorder, Stream
 
 SPEC = load_embodiment("sim_panda").with_cameras(["agentview"], (16, 16))
 
@@ -106,8 +106,8 @@ def test_drops_estimated_from_stamp_gaps():
 
 
 def test_compressed_frames_are_decoded_by_the_writer(tmp_path):
+    from handoff_ros.episode_recorder import EncodedFrame
     from handoff_ros.images import to_compressed_msg
-    from handoff_ros.recording import EncodedFrame
 
     store, streams, rec = make(tmp_path)
     frame = np.zeros((32, 32, 3), np.uint8)
