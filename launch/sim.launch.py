@@ -8,17 +8,15 @@ takes /arm_controller/joint_trajectory, /forward_position_controller/commands an
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
 from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
+
+from handoff_ros.launch_parts import common, ros_environment, sim_arm
 
 
 def generate_launch_description() -> LaunchDescription:
-    default_params = PathJoinSubstitution(
-        [FindPackageShare("handoff_ros"), "config", "sim_panda.yaml"]
-    )
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     return LaunchDescription(
         [
             DeclareLaunchArgument("task", default_value="lift", description="sim task"),
@@ -28,33 +26,15 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "use_sim_time", default_value="false", description="publish and follow /clock"
             ),
-            DeclareLaunchArgument(
-                "params_file", default_value=default_params, description="node parameters"
-            ),
-            # Fast DDS transports of every handoff node (handoff_ros/fastdds*.xml): host (one
-            # machine, shared memory), lan (several hosts) or udp; empty: rosutil.dds_profile
-            DeclareLaunchArgument(
-                "dds_profile",
-                default_value=EnvironmentVariable("HANDOFF_DDS_PROFILE", default_value=""),
-                description="host, lan or udp (empty: lan if ROS_STATIC_PEERS or a SUBNET "
-                "discovery range is set, else host)",
-            ),
-            SetEnvironmentVariable("HANDOFF_DDS_PROFILE", LaunchConfiguration("dds_profile")),
-            Node(
-                package="handoff_ros",
-                executable="sim_arm",
-                name="sim_arm",
-                output="screen",
-                parameters=[
-                    LaunchConfiguration("params_file"),
-                    {
-                        "task": LaunchConfiguration("task"),
-                        "cameras": LaunchConfiguration("cameras"),
-                        "use_sim_time": ParameterValue(
-                            LaunchConfiguration("use_sim_time"), value_type=bool
-                        ),
-                    },
-                ],
+            DeclareLaunchArgument("params_file", **common("params_file")),
+            DeclareLaunchArgument("dds_profile", **common("dds_profile")),
+            *ros_environment(),
+            sim_arm(
+                {
+                    "task": LaunchConfiguration("task"),
+                    "cameras": LaunchConfiguration("cameras"),
+                    "use_sim_time": use_sim_time,
+                }
             ),
         ]
     )

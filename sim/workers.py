@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 _STATE: dict[str, Any] = {}
@@ -61,8 +63,16 @@ def run_jobs(
     """Yield ``fn(ctx, arg)`` for each arg in order, ``ctx = setup()`` once per worker.
 
     ``setup`` and ``fn`` must be picklable (module-level functions or ``functools.partial``)
-    when ``workers > 1``; with one worker everything runs in this process.
+    when ``workers > 1``; with one worker (or one job) everything runs in this process. An
+    error in a job is raised here; on any exit (error, Ctrl-C, the caller stopping early)
+    queued jobs are cancelled and the running ones finish before this returns.
+
+    concurrent.futures rather than multiprocessing.Pool: Pool.terminate() kills workers that
+    may hold the result queue's lock, and its task thread then waits on that lock forever
+    (seen here once in a test whose workers fail their set-up).
     """
+    args = list(args)
+    workers = min(workers, len(args))
     if workers <= 1:
         ctx = setup()
         for arg in args:
@@ -71,20 +81,29 @@ def run_jobs(
     ctx = mp.get_context("spawn")
     # Children read the thread limits from the environment when numpy/OpenBLAS load, which is
     # before _init runs: measured, 2 workers with default BLAS threads ran 0.6x the speed of
-    # one, with one thread each 1.7x.
+    # one, with one thread each 1.7x. Workers start as jobs are submitted, so the limits stay
+    # set while this runs.
     saved = {v: os.environ.get(v) for v in THREAD_VARS}
     os.environ.update({v: "1" for v in THREAD_VARS})
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init, initargs=(setup, ctx.Barrier(workers))
+    )
+    pending: deque[Future] = deque()
     try:
-        pool = ctx.Pool(workers, initializer=_init, initargs=(setup, ctx.Barrier(workers)))
+        jobs = iter(args)
+        for arg in jobs:  # two jobs per worker in flight: one running, one queued
+            pending.append(pool.submit(_call, (fn, arg)))
+            if len(pending) < 2 * workers:
+                continue
+            yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-    try:
-        yield from pool.imap(_call, ((fn, a) for a in args), chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()

@@ -1,11 +1,13 @@
 """Launch files and parameter files, checked statically (test_launch_run.py runs them).
 
 These checks need no ``launch``/``launch_ros`` (not on PyPI): each launch file parses; every
-node it starts names a package/executable that exists (ours: an entry point and a module with
-``main``; others: an ``exec_depend`` of package.xml); every parameter it sets literally is
-declared by that node; every parameter file it references exists; every parameter file parses
-with rcl's own C parser and sets only declared parameters, with the declared type and values
-the node accepts; and ``colcon build`` installs the executables, configs and launch files.
+node it starts, itself or through the shared helpers of ``handoff_ros.launch_parts``, names a
+package/executable that exists (ours: an entry point and a module with ``main``; others: an
+``exec_depend`` of package.xml); every parameter it sets literally is declared by that node;
+every shared launch argument it declares is one the helpers describe; every parameter file it
+references exists; every parameter file parses with rcl's own C parser and sets only declared
+parameters, with the declared type and values the node accepts; and ``colcon build`` installs
+the executables, configs and launch files.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from handoff_ros.rosutil import param_fields  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "ros2_ws" / "src" / "handoff_ros"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
+LAUNCH_PARTS = PKG / "handoff_ros" / "launch_parts.py"  # what the launch files share
 PARAM_FILES = sorted((PKG / "config").glob("*.yaml"))
 # node executable -> its parameter dataclass (the one source of its declarations)
 PARAMS = {
@@ -55,23 +58,65 @@ def params_class(executable: str) -> type:
     return cls
 
 
-def launch_nodes(path: Path) -> list[dict]:
-    """Every ``Node(...)``/``LifecycleNode(...)`` call: literal kwargs, and literal keys of
-    parameter dicts."""
+def _called(call: ast.Call) -> str:
+    """The name a call calls: ``f(...)`` and ``module.f(...)`` both give ``f``."""
+    return getattr(call.func, "id", "") or getattr(call.func, "attr", "")
+
+
+def _dict_keys(nodes: list[ast.expr]) -> list[str]:
+    """Literal keys of the dict literals among ``nodes`` (and in list literals there)."""
+    keys = []
+    for item in nodes:
+        for d in [item, *getattr(item, "elts", [])]:
+            if isinstance(d, ast.Dict):
+                keys += [k.value for k in d.keys if isinstance(k, ast.Constant)]
+    return keys
+
+
+def parts_helpers() -> dict[str, ast.FunctionDef]:
+    """The functions of ``handoff_ros.launch_parts``, by name."""
+    tree = ast.parse(LAUNCH_PARTS.read_text())
+    return {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+
+def imported_parts(tree: ast.Module) -> set[str]:
+    """The names a launch file imports from ``handoff_ros.launch_parts``."""
+    return {
+        alias.asname or alias.name
+        for imp in ast.walk(tree)
+        if isinstance(imp, ast.ImportFrom) and imp.module == "handoff_ros.launch_parts"
+        for alias in imp.names
+    }
+
+
+def _nodes_in(
+    tree: ast.AST, names: set[str], helpers: dict[str, ast.FunctionDef], seen: frozenset[str]
+) -> list[dict]:
+    """Node calls in ``tree``, and those of the helpers it calls (``names``), recursively."""
     out = []
-    for call in ast.walk(ast.parse(path.read_text())):
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") in NODE_ACTIONS):
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
             continue
-        kw = {k.arg: k.value for k in call.keywords}
-        node = {k: v.value for k, v in kw.items() if isinstance(v, ast.Constant)}
-        keys = []
-        if isinstance(kw.get("parameters"), ast.List):
-            for item in kw["parameters"].elts:
-                if isinstance(item, ast.Dict):
-                    keys += [k.value for k in item.keys if isinstance(k, ast.Constant)]
-        node["parameter_keys"] = keys
-        out.append(node)
+        name = _called(call)
+        if name in NODE_ACTIONS:
+            kw = {k.arg: k.value for k in call.keywords}
+            node = {k: v.value for k, v in kw.items() if isinstance(v, ast.Constant)}
+            node["parameter_keys"] = _dict_keys([kw["parameters"]] if "parameters" in kw else [])
+            out.append(node)
+        elif name in names and name not in seen:
+            # the helper's nodes, with the parameters this call passes it (dict literals)
+            keys = _dict_keys(call.args + [k.value for k in call.keywords])
+            for node in _nodes_in(helpers[name], set(helpers), helpers, seen | {name}):
+                out.append({**node, "parameter_keys": node["parameter_keys"] + keys})
     return out
+
+
+def launch_nodes(path: Path) -> list[dict]:
+    """Every ``Node(...)``/``LifecycleNode(...)`` call, in the launch file or in the
+    launch_parts helpers it calls: literal kwargs, and literal keys of parameter dicts (also
+    those a helper call passes)."""
+    tree = ast.parse(path.read_text())
+    return _nodes_in(tree, imported_parts(tree), parts_helpers(), frozenset())
 
 
 def exec_depends() -> set[str]:
@@ -108,8 +153,43 @@ def test_launch_file_nodes_exist_and_set_only_declared_parameters(path):
             assert not undeclared, f"{path.name}: {exe} does not declare {undeclared}"
         else:
             assert node["package"] in exec_depends(), f"{node['package']} not in package.xml"
+    if imported_parts(ast.parse(text)):  # its parameter file default is there
+        text += LAUNCH_PARTS.read_text()
     for yaml_name in re.findall(r'"([\w.-]+\.yaml)"', text):
         assert (PKG / "config" / yaml_name).is_file(), yaml_name
+
+
+def test_launch_files_start_their_nodes_through_the_shared_helpers():
+    started = {p.name: {n["name"] for n in launch_nodes(p)} for p in LAUNCH_FILES}
+    assert started == {
+        "sim.launch.py": {"sim_arm"},
+        "policy.launch.py": {"sim_arm", "policy"},
+        "teleop_record.launch.py": {"sim_arm", "camera", "joy", "teleop", "recorder"},
+        "correct.launch.py": {"sim_arm", "camera", "joy", "teleop", "recorder", "policy"},
+    }
+    # a parameter passed to a helper reaches its node's keys: the recorder's source
+    (recorder,) = [n for n in launch_nodes(ROOT / "launch" / "correct.launch.py")
+                   if n["name"] == "recorder"]  # fmt: skip
+    assert set(recorder["parameter_keys"]) == {"store", "source"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_shared_launch_arguments_are_declared_under_their_own_name(path):
+    """``DeclareLaunchArgument("x", **common("x"))``: the name a user passes is the one whose
+    default and description launch_parts.common gives."""
+    common = next(d for d in ast.walk(parts_helpers()["common"]) if isinstance(d, ast.Dict))
+    described = {k.value for k in common.keys if isinstance(k, ast.Constant)}
+    shared = []
+    for call in ast.walk(ast.parse(path.read_text())):
+        if isinstance(call, ast.Call) and _called(call) == "DeclareLaunchArgument":
+            name = call.args[0].value
+            for kw in call.keywords:
+                if kw.arg is None:  # **common("name")
+                    assert _called(kw.value) == "common", f"{path.name}: {name}"
+                    assert kw.value.args[0].value == name, f"{path.name}: {name}"
+                    assert name in described, f"{path.name}: common has no {name}"
+                    shared.append(name)
+    assert "params_file" in shared and "dds_profile" in shared, path.name
 
 
 @pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
