@@ -121,7 +121,7 @@ def test_streaming_model_trains_with_the_recipe(tmp_path, capsys):
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
     policy = load(out)
     c = policy.config
-    assert c.streaming and c.horizon == 20 and c.stream_steps_per_call == 8
+    assert c.streaming and c.horizon == 20 and c.stream_steps_per_call == 2  # 4 levels, h = 2
     assert policy.default_scheme == "sync" and policy.stream is not None
     a = policy.chunk(obs_batch(policy, B=1))
     assert a.shape == (1, 19, 8) and torch.isfinite(a).all()
