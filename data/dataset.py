@@ -10,9 +10,9 @@ Steps outside the episode repeat its first/last step (edge padding); ``action_is
 action steps past the episode end, so a loss can ignore them.
 
 Sample weighting (``weighting``, :func:`sample_weights`) draws samples by the label of their
-current step t (data/store.py LABELS), for learning from corrections: ``uniform`` (every
-sample alike: HG-DAgger's aggregate), ``sirius`` (Sirius' class shares) and
-``interventions-only`` (only expert-driven steps).
+current step t (data/store.py LABELS), for learning from corrections: ``interventions-only``
+(demonstrations and the operator's steps: HG-DAgger's aggregate), ``sirius`` (Sirius' class
+shares) and ``uniform`` (every sample alike, the policy's own steps included).
 
 Low-dim arrays are read into memory once (they are small); image frames are decoded per batch
 straight into the batch tensors (the DataLoader's ``__getitems__`` path; pass

@@ -4,7 +4,7 @@
     handoff-train --out runs/lift_dp --resume --steps 20000     # continue exactly
     handoff-train --distill-from runs/lift_dp --data /tmp/lift.zarr --out runs/lift_cp
     handoff-train --init runs/lift_dp --data /tmp/lift_corrected.zarr --out runs/lift_ft \
-        --weighting sirius --steps 5000            # fine-tune on corrected rollouts
+        --steps 5000                               # fine-tune on corrected rollouts
     accelerate launch -m policies.train --policy diffusion --recipe gpu ...   # several GPUs
 
 Settings come, later winning, from: the policy's config defaults, the recipe
@@ -129,10 +129,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--weighting",
         choices=["uniform", "sirius", "interventions-only"],
-        help="how samples are drawn by step label (data/store.py): uniform (HG-DAgger), "
-        "sirius (interventions half the mass, pre-intervention steps down-weighted), "
-        "interventions-only (expert-driven steps only). Default: the recipe's, else sirius, "
-        "which is uniform on demonstrations-only data",
+        help="how samples are drawn by step label (data/store.py): interventions-only "
+        "(demonstrations and the operator's steps, the policy's own dropped: HG-DAgger's "
+        "aggregate), sirius (interventions half the mass, pre-intervention steps "
+        "down-weighted), uniform (every step alike). Default: the recipe's, else "
+        "interventions-only (measured best on can; uniform on demonstrations-only data)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument(

@@ -427,7 +427,7 @@ def test_collect_correct_and_fine_tune_from_a_checkpoint(tmp_path, capsys):
 
     # fine-tune: the checkpoint's weights and normaliser, a negligible learning rate
     base = tmp_path / "base" / "last"
-    argv = ["--init", str(tmp_path / "base"), "--weighting", "sirius", "--steps", "2"]
+    argv = ["--init", str(tmp_path / "base"), "--steps", "2"]  # the default weighting
     assert train(tmp_path / "ft", *argv, "--set", "train.lr=1e-12") == 0
     ft = tmp_path / "ft" / "last"
     a, b = load_file(str(base / "model.safetensors")), load_file(str(ft / "model.safetensors"))
@@ -438,7 +438,8 @@ def test_collect_correct_and_fine_tune_from_a_checkpoint(tmp_path, capsys):
         ft / "normalizer.safetensors"
     ).read_bytes()
     run = json.loads((tmp_path / "ft" / "config.json").read_text())
-    assert run["init"] == str(tmp_path / "base") and run["train"]["weighting"] == "sirius"
+    assert run["init"] == str(tmp_path / "base")
+    assert run["train"]["weighting"] == "interventions-only"
     assert not {"label", "intervention"} & set(run["policy_config"]["obs_keys"])
     train_meta = json.loads((ft / "train_meta.json").read_text())
     assert train_meta["episodes"] == 3  # the corrected rollout is trained on, success or not
