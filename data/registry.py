@@ -10,7 +10,9 @@ up a function declared under the ``handoff.hooks`` entry-point group in ``pyproj
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
@@ -51,6 +53,31 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def one_file_each(registry: Registry[Any], package: str) -> Callable[[str], Callable[[T], T]]:
+    """A ``register(name)`` decorator for ``registry`` that refuses a class not defined in
+    ``<package>.<name>`` (one file per entry; :func:`import_all` finds the files)."""
+
+    def register(name: str) -> Callable[[T], T]:
+        def deco(cls: T) -> T:
+            expected = f"{package}.{name}"
+            if getattr(cls, "__module__", None) != expected:
+                raise TypeError(f"{registry.kind} {name!r} must be defined in {expected}")
+            cls.name = name  # type: ignore[attr-defined]
+            return registry.register(name)(cls)
+
+        return deco
+
+    return register
+
+
+def import_all(package: str, path: Iterable[str], skip: tuple[str, ...] = ("base",)) -> None:
+    """Import every module of ``package`` (its ``__path__``) but ``skip``: each registers
+    itself, so a new entry is one new file."""
+    for info in pkgutil.iter_modules(list(path)):
+        if info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def hook(name: str) -> Callable[..., Any]:

@@ -11,9 +11,7 @@ sim task's camera: the simulated twin).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from data.registry import import_all
 from handoff_ros.camera_sources.base import (
     CAMERA_SOURCES,
     CameraSource,
@@ -22,8 +20,6 @@ from handoff_ros.camera_sources.base import (
     register_camera_source,
 )
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_all(__name__, __path__)
 
 __all__ = ["CAMERA_SOURCES", "CameraSource", "Frame", "GrabThread", "register_camera_source"]

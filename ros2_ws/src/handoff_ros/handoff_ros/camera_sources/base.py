@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 import cv2
 import numpy as np
 
-from data.registry import Registry
+from data.registry import Registry, one_file_each
 
 if TYPE_CHECKING:
     from handoff_ros.camera import CameraParams
@@ -81,18 +81,10 @@ class CameraSource(ABC):
 CAMERA_SOURCES: Registry[type[CameraSource]] = Registry("camera source")
 
 
-def register_camera_source(name: str) -> Callable[[type[CameraSource]], type[CameraSource]]:
-    """Register a source class as ``name``; it must live in ``camera_sources/<name>.py`` (the
-    package imports every module in its folder, so a new source is one new file)."""
-
-    def deco(cls: type[CameraSource]) -> type[CameraSource]:
-        expected = f"{__package__}.{name}"
-        if cls.__module__ != expected:
-            raise TypeError(f"camera source {name!r} must be defined in {expected}")
-        cls.name = name
-        return CAMERA_SOURCES.register(name)(cls)
-
-    return deco
+# ``@register_camera_source("<name>")`` registers a source class; it must live in
+# ``camera_sources/<name>.py`` (the package imports every module in its folder, so a new
+# source is one new file)
+register_camera_source = one_file_each(CAMERA_SOURCES, __package__)
 
 
 class GrabThread(CameraSource):

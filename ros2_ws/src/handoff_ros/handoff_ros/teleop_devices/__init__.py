@@ -10,9 +10,7 @@ leader arm's JointState) and ``scripted`` (a fixed sequence: the simulated twin)
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from data.registry import import_all
 from handoff_ros.teleop_devices.base import (
     DEVICES,
     EVENTS,
@@ -21,9 +19,7 @@ from handoff_ros.teleop_devices.base import (
     register_device,
 )
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_all(__name__, __path__)
 
 from handoff_ros.teleop_devices.joy import JoyMapping  # noqa: E402
 from handoff_ros.teleop_devices.leader import leader_targets  # noqa: E402

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from data.registry import Registry
+from data.registry import Registry, one_file_each
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -112,18 +112,10 @@ class TeleopDevice(ABC):
 DEVICES: Registry[type[TeleopDevice]] = Registry("teleop device")
 
 
-def register_device(name: str) -> Callable[[type[TeleopDevice]], type[TeleopDevice]]:
-    """Register a device class as ``name``; it must live in ``teleop_devices/<name>.py`` (the
-    package imports every module in its folder, so a new device is one new file)."""
-
-    def deco(cls: type[TeleopDevice]) -> type[TeleopDevice]:
-        expected = f"{__package__}.{name}"
-        if cls.__module__ != expected:
-            raise TypeError(f"teleop device {name!r} must be defined in {expected}")
-        cls.name = name
-        return DEVICES.register(name)(cls)
-
-    return deco
+# ``@register_device("<name>")`` registers a device class; it must live in
+# ``teleop_devices/<name>.py`` (the package imports every module in its folder, so a new
+# device is one new file)
+register_device = one_file_each(DEVICES, __package__)
 
 
 def need_node(node: Node | None, device: str, what: str) -> Node:
