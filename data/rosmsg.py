@@ -42,6 +42,40 @@ POSE_KEYS = ("eef_pos", "eef_quat")  # from geometry_msgs/PoseStamped
 TOPIC_KEYS = (*JOINT_KEYS, *POSE_KEYS, "object_state")
 INTERVENTION_KEY = "intervention"  # from the teleop engaged flag (std_msgs/Bool)
 
+# Where the arm's messages are, by default: {option/parameter name: (topic, description)}.
+# The nodes' parameters (handoff_ros.rosutil.CommandTopics/ObservationTopics) and the bag
+# converters' options (data/convert/rosbag_msgs.BagTopics) are both made from this table.
+TOPICS: dict[str, tuple[str, str]] = {
+    "joint_states_topic": ("/joint_states", "sensor_msgs/JointState topic of the arm"),
+    "camera_topic": (
+        "/{camera}/image_raw",
+        "camera image topic, {camera} replaced by the spec's camera name",
+    ),
+    "gripper_joints": (
+        "",
+        "comma-separated finger joints in joint_states that form gripper_pos (empty: the "
+        "spec's gripper.joint_names)",
+    ),
+    "eef_pose_topic": ("/sim_arm/eef_pose", "geometry_msgs/PoseStamped: eef_pos, eef_quat"),
+    "object_state_topic": (
+        "/sim_arm/object_state",
+        "privileged object state (the simulated arm; std_msgs/Float64MultiArray)",
+    ),
+    "trajectory_topic": (
+        "/arm_controller/joint_trajectory",
+        "trajectory_msgs/JointTrajectory command topic (joint_trajectory_controller input)",
+    ),
+    "forward_topic": (
+        "/forward_position_controller/commands",
+        "std_msgs/Float64MultiArray joint command topic (forward_command_controller input)",
+    ),
+    "gripper_topic": (
+        "/gripper_controller/commands",
+        "gripper command topic (one value, -1 open .. 1 closed)",
+    ),
+    "engaged_topic": ("/teleop/engaged", "teleop engaged flag (std_msgs/Bool; intervention)"),
+}
+
 # sensor_msgs/Image encodings decoded to RGB, and their bytes per pixel
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 

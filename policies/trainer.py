@@ -93,26 +93,11 @@ class TrainConfig(StrictConfig):
     max_minutes: float = 0.0  # stop (save + evaluate) after this much training; 0: no limit
 
     def __post_init__(self) -> None:
-        for key in (
-            "steps",
-            "batch_size",
-            "save_every",
-            "log_every",
-            "eval_episodes",
-            "eval_workers",
-        ):
-            if getattr(self, key) < 1:
-                raise UserError(f"train config: {key} must be >= 1")
-        for key in (
-            "warmup_steps",
-            "eval_every",
-            "num_workers",
-            "grad_clip",
-            "torch_threads",
-            "max_minutes",
-        ):
-            if getattr(self, key) < 0:
-                raise UserError(f"train config: {key} must be >= 0")
+        ones = ("steps", "batch_size", "save_every", "log_every", "eval_episodes", "eval_workers")
+        zeros = ("warmup_steps", "eval_every", "num_workers", "grad_clip", "torch_threads")
+        for key, least in [(k, 1) for k in ones] + [(k, 0) for k in (*zeros, "max_minutes")]:
+            if getattr(self, key) < least:
+                raise UserError(f"train config: {key} must be >= {least}")
         if self.lr <= 0:
             raise UserError("train config: lr must be positive")
         if self.weighting not in WEIGHTINGS:

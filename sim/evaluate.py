@@ -51,7 +51,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
 
 def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
     """Cameras the policy consumes; fails naming any embodiment or observation mismatch."""
-    from sim.arm import CAMERAS
+    from sim.mujoco_arm import CAMERAS
 
     problems = task_spec.compatible_with(policy.embodiment)
     available = set(task_spec.observation) | set(CAMERAS)

@@ -1,4 +1,4 @@
-"""Rotation helpers and damped-least-squares differential IK on a :class:`~sim.arm.SimArm`.
+"""Rotation helpers and damped-least-squares differential IK on a :class:`~sim.mujoco_arm.SimArm`.
 
 Differential IK turns an end-effector motion (a twist, or a step toward a target pose) into
 joint-position targets, the action space of the whole stack. The scripted experts use
@@ -17,10 +17,10 @@ from sim._gl import configure_gl
 
 configure_gl()
 
-import mujoco  # noqa: E402  (after configure_gl, as in sim/arm.py)
+import mujoco  # noqa: E402  (after configure_gl, as in sim/mujoco_arm.py)
 
 if TYPE_CHECKING:
-    from sim.arm import SimArm
+    from sim.mujoco_arm import SimArm
 
 
 def rot_z(yaw: float) -> np.ndarray:

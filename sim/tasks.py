@@ -23,7 +23,7 @@ from sim._gl import configure_gl
 configure_gl()
 
 if TYPE_CHECKING:
-    from sim.arm import SimArm
+    from sim.mujoco_arm import SimArm
 
 OBJECT_KEY = "object_state"
 
@@ -63,7 +63,7 @@ def get_task(name: str) -> TaskDef:
 
 def _pose_rel(arm: SimArm, body: str) -> np.ndarray:
     """(10,): body position (3), quaternion xyzw (4), position relative to the gripper (3)."""
-    from sim.arm import mat_to_quat_xyzw
+    from sim.mujoco_arm import mat_to_quat_xyzw
 
     pos, mat = arm.body_pose(body)
     eef = arm.eef_pose()[0]
@@ -113,7 +113,7 @@ register(
 
 
 class SimTask:
-    """A task with the Gymnasium API around one :class:`~sim.arm.SimArm`.
+    """A task with the Gymnasium API around one :class:`~sim.mujoco_arm.SimArm`.
 
     ``reset(seed=s)`` places the scene deterministically for ``s``; without a seed the next one
     comes from the generator seeded at construction. ``step`` returns ``terminated=True`` on
@@ -128,7 +128,7 @@ class SimTask:
         seed: int | None = None,
         max_steps: int | None = None,
     ) -> None:
-        from sim.arm import SimArm
+        from sim.mujoco_arm import SimArm
 
         self.spec = get_task(name)
         self.name = name

@@ -288,13 +288,12 @@ def test_collect_force_keeps_the_old_store_until_the_new_one_is_done(tmp_path, f
     assert DemoStore.open(out).n_episodes == 3 and tree(out) != before
 
 
-@pytest.mark.skipif(bool(os.environ.get("DISPLAY")), reason="glfw can open a window here")
-def test_collect_with_a_gl_backend_that_cannot_open(tmp_path):
-    """MUJOCO_GL=glfw on a headless machine: one line naming the back-ends that work, no store."""
+def refused_under_glfw(cmd: list[str]) -> str:
+    """Run a handoff command with MUJOCO_GL=glfw on a headless machine; assert it exits 2 with
+    one error line saying glfw cannot render, and return that line."""
     env = {k: v for k, v in os.environ.items() if k not in ("HANDOFF_GL", "PYOPENGL_PLATFORM")}
     r = subprocess.run(
-        [str(Path(sys.executable).parent / "handoff-collect"), "--task", "lift"]
-        + ["--episodes", "1", "--cameras", "agentview", "--out", str(tmp_path / "s.zarr")],
+        [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]],
         capture_output=True,
         text=True,
         timeout=120,
@@ -303,7 +302,17 @@ def test_collect_with_a_gl_backend_that_cannot_open(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: MUJOCO_GL=glfw cannot render"), lines
-    assert "back-ends that work here: osmesa" in lines[0]
+    return lines[0]
+
+
+@pytest.mark.skipif(bool(os.environ.get("DISPLAY")), reason="glfw can open a window here")
+def test_collect_with_a_gl_backend_that_cannot_open(tmp_path):
+    """MUJOCO_GL=glfw on a headless machine: one line naming the back-ends that work, no store."""
+    line = refused_under_glfw(
+        ["handoff-collect", "--task", "lift", "--episodes", "1", "--cameras", "agentview"]
+        + ["--out", str(tmp_path / "s.zarr")]
+    )
+    assert "back-ends that work here: osmesa" in line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -531,18 +540,10 @@ def test_eval_video_with_a_gl_backend_that_cannot_open(tmp_path):
     episode run, nothing written."""
     lift_store(tmp_path / "lift.zarr")
     before = tree(tmp_path / "lift.zarr")
-    env = {k: v for k, v in os.environ.items() if k not in ("HANDOFF_GL", "PYOPENGL_PLATFORM")}
-    r = subprocess.run(
-        [str(Path(sys.executable).parent / "handoff-eval"), "--replay", f"{tmp_path}/lift.zarr:0"]
-        + ["--out", str(tmp_path / "ev"), "--video-episodes", "1", "--max-steps", "5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "MUJOCO_GL": "glfw"},
+    refused_under_glfw(
+        ["handoff-eval", "--replay", f"{tmp_path}/lift.zarr:0", "--out", str(tmp_path / "ev")]
+        + ["--video-episodes", "1", "--max-steps", "5"]
     )
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: MUJOCO_GL=glfw cannot render"), lines
     assert sorted(os.listdir(tmp_path)) == ["lift.zarr"] and tree(tmp_path / "lift.zarr") == before
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,6 +164,17 @@ class Format:
             names = [o.name for o in side]
             if len(set(names)) != len(names):
                 raise TypeError(f"format {self.name!r} declares an option twice: {names}")
+
+
+def lazy(target: str) -> Callable[..., Any]:
+    """``"module:attr"`` as a callable that imports its module on the first call: a format
+    whose writer needs heavy imports registers it without importing them."""
+    module, attr = target.split(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    return call
 
 
 FORMATS: Registry[Format] = Registry("format")

@@ -49,6 +49,7 @@ from data.convert.base import (
     Report,
     checked_episode,
     drop_keys_option,
+    lazy,
     source_rate,
 )
 from data.embodiment import Embodiment
@@ -484,18 +485,12 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _open_writer(*args: Any, **kwargs: Any) -> Any:
-    from data.convert.lerobot_write import LeRobotWriter
-
-    return LeRobotWriter(*args, **kwargs)
-
-
 FORMATS.register("lerobot")(
     Format(
         name="lerobot",
         description="LeRobotDataset directory (read v2.1/v3.0, write v3.0)",
         open_reader=LeRobotReader,
-        open_writer=_open_writer,
+        open_writer=lazy("data.convert.lerobot_write:LeRobotWriter"),
         read_options=(
             Option(
                 "tolerance_s",

@@ -48,6 +48,7 @@ from data.convert.base import (
     Report,
     checked_episode,
     drop_keys_option,
+    lazy,
 )
 from data.convert.rosbag_msgs import (
     EXTRA_PREFIX,
@@ -535,18 +536,12 @@ def _ns(name: str, value: Any, default: float, zero: bool = False) -> int:
     return int(value * NS)
 
 
-def _open_writer(*args: Any, **kwargs: Any) -> Any:
-    from data.convert.rosbag_write import RosbagWriter
-
-    return RosbagWriter(*args, **kwargs)
-
-
 FORMATS.register("rosbag2")(
     Format(
         name="rosbag2",
         description="ROS 2 bag (read MCAP or sqlite3, write MCAP) via rosbags",
         open_reader=RosbagReader,
-        open_writer=_open_writer,
+        open_writer=lazy("data.convert.rosbag_write:RosbagWriter"),
         read_options=(
             Option("gap_s", "a pause this long (s) splits episodes", float, 1.0),
             Option(

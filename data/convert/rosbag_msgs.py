@@ -33,15 +33,15 @@ KEYS_FIELD = "handoff_keys"  # in the start marker: {key: [dtype, shape]} of /ha
 class BagTopics:
     """Which topics hold what. Every field can be set as a conversion option."""
 
-    joint_states_topic: str = "/joint_states"
-    camera_topic: str = "/{camera}/image_raw"  # + "/compressed" is tried too when reading
-    gripper_joints: str = ""  # comma-separated finger joints; empty: the spec's gripper.joint_names
-    eef_pose_topic: str = "/sim_arm/eef_pose"
-    object_state_topic: str = "/sim_arm/object_state"
-    trajectory_topic: str = "/arm_controller/joint_trajectory"
-    forward_topic: str = "/forward_position_controller/commands"
-    gripper_topic: str = "/gripper_controller/commands"
-    engaged_topic: str = "/teleop/engaged"
+    joint_states_topic: str = rosmsg.TOPICS["joint_states_topic"][0]
+    camera_topic: str = rosmsg.TOPICS["camera_topic"][0]
+    gripper_joints: str = rosmsg.TOPICS["gripper_joints"][0]
+    eef_pose_topic: str = rosmsg.TOPICS["eef_pose_topic"][0]
+    object_state_topic: str = rosmsg.TOPICS["object_state_topic"][0]
+    trajectory_topic: str = rosmsg.TOPICS["trajectory_topic"][0]
+    forward_topic: str = rosmsg.TOPICS["forward_topic"][0]
+    gripper_topic: str = rosmsg.TOPICS["gripper_topic"][0]
+    engaged_topic: str = rosmsg.TOPICS["engaged_topic"][0]
     marker_topic: str = "/handoff/episode"
 
     def __post_init__(self) -> None:
@@ -57,15 +57,8 @@ class BagTopics:
 
 
 TOPIC_HELP = {
-    "joint_states_topic": "sensor_msgs/JointState topic of the arm",
-    "camera_topic": "camera image topic, {camera} replaced by the spec's camera name",
-    "gripper_joints": "comma-separated finger joints (empty: the spec's gripper.joint_names)",
-    "eef_pose_topic": "end-effector pose topic",
-    "object_state_topic": "privileged object state topic (simulated arm)",
-    "trajectory_topic": "trajectory_msgs/JointTrajectory command topic",
-    "forward_topic": "std_msgs/Float64MultiArray joint command topic",
-    "gripper_topic": "gripper command topic",
-    "engaged_topic": "teleop engaged flag (intervention labels)",
+    **{name: description for name, (_, description) in rosmsg.TOPICS.items()},
+    "camera_topic": rosmsg.TOPICS["camera_topic"][1] + " (+ /compressed is tried too)",
     "marker_topic": "episode start/end markers (std_msgs/String JSON)",
 }
 TOPIC_OPTIONS = tuple(Option(f.name, TOPIC_HELP[f.name], str, f.default) for f in fields(BagTopics))

@@ -26,12 +26,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data.errors import UserError, cli_main
 from data.outputs import check_output, publish, staging_dir
+
+if TYPE_CHECKING:
+    from handoff_ros.processes import Probe
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 EPISODE_SECONDS = 20.0  # wall-clock safety net per episode (lift: 200 steps at 20 Hz = 10 s)
@@ -61,6 +64,20 @@ def domain_id() -> int:
     return int(value)
 
 
+def next_episode(probe: Probe) -> float:
+    """An episode boundary the policy cannot straddle: it stops commanding, the sim arm resets
+    to its next scene, the policy's history and observations are cleared, then it starts
+    afresh from the new scene (as handoff-eval starts each episode). Returns the wall time the
+    episode started at."""
+    from std_srvs.srv import SetBool, Trigger
+
+    probe.call(SetBool, "/policy/enable", SetBool.Request(data=False))
+    probe.call(Trigger, "/sim_arm/reset", Trigger.Request())
+    probe.call(Trigger, "/policy/reset", Trigger.Request())
+    probe.call(SetBool, "/policy/enable", SetBool.Request(data=True))
+    return time.time()
+
+
 def run_closed_loop(
     checkpoint: str | Path,
     task: str = "lift",
@@ -81,7 +98,6 @@ def run_closed_loop(
     should the arm stall, ``episode_seconds`` of wall-clock time."""
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64
-    from std_srvs.srv import SetBool, Trigger
 
     import policies
     from handoff_ros.processes import NodeProcess, Probe, nodes
@@ -129,14 +145,7 @@ def run_closed_loop(
                 f"{arm.log_path}, {pol.log_path}\n{pol.log()[-2000:]}"
             )
         for ep in range(episodes):
-            # an episode boundary the policy cannot straddle: it stops commanding, the scene
-            # resets, its history and observations are cleared, then it starts afresh from
-            # the new scene (as handoff-eval starts each episode)
-            probe.call(SetBool, "/policy/enable", SetBool.Request(data=False))
-            probe.call(Trigger, "/sim_arm/reset", Trigger.Request())
-            probe.call(Trigger, "/policy/reset", Trigger.Request())
-            probe.call(SetBool, "/policy/enable", SetBool.Request(data=True))
-            start = time.time()
+            start = next_episode(probe)
             probe.msgs["/sim_arm/success"].clear()
             probe.msgs["/joint_states"].clear()
             probe.spin_until(lambda s=start: won(s) or steps(s) >= max_steps, episode_seconds)

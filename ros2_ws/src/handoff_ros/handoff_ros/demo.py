@@ -92,10 +92,9 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
     import numpy as np
     import yaml
     from std_msgs.msg import Bool, Float64
-    from std_srvs.srv import SetBool, Trigger
 
     import policies
-    from handoff_ros.closed_loop import EPISODE_SECONDS, sim_params_file
+    from handoff_ros.closed_loop import EPISODE_SECONDS, next_episode, sim_params_file
     from handoff_ros.processes import Probe, fresh_domain_id
     from handoff_ros.ros2_launch import LaunchProcess, launch_env
     from handoff_ros.rosutil import use_dds_profile
@@ -126,12 +125,7 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
         if not probe.spin_until(up, 120) or not launch.alive():
             raise UserError(f"the policy sent no commands; log: {launch.log_path}")
         for ep in range(episodes):
-            # as closed_loop: the policy stops, the scene resets, the policy starts afresh
-            probe.call(SetBool, "/policy/enable", SetBool.Request(data=False))
-            probe.call(Trigger, "/sim_arm/reset", Trigger.Request())
-            probe.call(Trigger, "/policy/reset", Trigger.Request())
-            probe.call(SetBool, "/policy/enable", SetBool.Request(data=True))
-            start = time.time()
+            start = next_episode(probe)
             won = probe.spin_until(
                 lambda s=start: any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > s),
                 EPISODE_SECONDS,

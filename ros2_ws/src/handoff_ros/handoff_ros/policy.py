@@ -57,7 +57,9 @@ from handoff_ros.rosutil import (
     ERROR,
     OK,
     WARN,
+    CommandTopics,
     Diagnostics,
+    ObservationTopics,
     declare_params,
     now_sec,
     on_dynamic_params,
@@ -71,7 +73,7 @@ CONTROLLERS = ("forward", "joint_trajectory")
 
 
 @dataclass
-class PolicyParams:
+class PolicyParams(CommandTopics, ObservationTopics):
     checkpoint: str = param("", "checkpoint directory or run directory (its best/ or last/)")
     robot: str = param("real", "sim or real: sim starts enabled and may use privileged state")
     controller: str = param("forward", "forward (Float64MultiArray) or joint_trajectory")
@@ -98,26 +100,7 @@ class PolicyParams:
         "the launch files set it false and drive the lifecycle transitions themselves",
     )
     torch_threads: int = param(1, "torch intra-op threads; 1 keeps a core free for DDS")
-    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
-    gripper_joints: str = param(
-        "",
-        "comma-separated finger joints in joint_states that form gripper_pos (when the policy "
-        "uses it); empty: the checkpoint spec's gripper.joint_names",
-    )
-    camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
-    eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
-    object_state_topic: str = param("/sim_arm/object_state", "privileged object state (sim)")
-    trajectory_topic: str = param(
-        "/arm_controller/joint_trajectory", "joint_trajectory_controller input topic"
-    )
-    forward_topic: str = param(
-        "/forward_position_controller/commands", "forward_command_controller input topic"
-    )
-    gripper_topic: str = param("/gripper_controller/commands", "gripper command topic")
     estop_topic: str = param("/estop", "std_msgs/Bool; True latches a hold until ~/clear_estop")
-    engaged_topic: str = param(
-        "/teleop/engaged", "teleop engaged flag: the policy yields the arm while a human drives"
-    )
     max_step_delta: float = param(
         0.05,
         "safety: max joint target change per tick, rad; settable while running within "

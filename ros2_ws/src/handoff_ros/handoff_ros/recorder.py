@@ -50,7 +50,9 @@ from handoff_ros.images import ImageError, check_compressed, from_image_msg
 from handoff_ros.rosutil import (
     ERROR,
     OK,
+    CommandTopics,
     Diagnostics,
+    ObservationTopics,
     declare_params,
     merge_joint_state,
     now_sec,
@@ -61,7 +63,7 @@ from handoff_ros.rosutil import (
 
 
 @dataclass
-class RecorderParams:
+class RecorderParams(CommandTopics, ObservationTopics):
     store: str = param("", "zarr store to append to (created with the spec if missing)")
     embodiment: str = param("sim_panda", "embodiment spec name or YAML path")
     task: str = param("lift", "task name written to each episode's metadata")
@@ -75,7 +77,6 @@ class RecorderParams:
     )
     operator: str = param("", "operator name written to each episode's metadata")
     cameras: str = param("all", "comma-separated spec cameras to record; all; or none")
-    camera_topic: str = param("/{camera}/image_raw", "image topic per camera ({camera} = name)")
     image_transport: str = param(
         "raw", "raw (Image) or compressed (<camera_topic>/compressed, decoded by the writer)"
     )
@@ -86,22 +87,6 @@ class RecorderParams:
     )
     image_height: int = param(0, "stored frame height, px; 0: the spec's")
     image_width: int = param(0, "stored frame width, px; 0: the spec's")
-    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState topic")
-    gripper_joints: str = param(
-        "",
-        "comma-separated finger joints in joint_states recorded as gripper_pos (when the spec "
-        "has it); empty: the spec's gripper.joint_names",
-    )
-    eef_pose_topic: str = param("/sim_arm/eef_pose", "PoseStamped for eef_pos/eef_quat")
-    object_state_topic: str = param("/sim_arm/object_state", "privileged object state (sim)")
-    trajectory_topic: str = param(
-        "/arm_controller/joint_trajectory", "joint_trajectory_controller input (recorded action)"
-    )
-    forward_topic: str = param(
-        "/forward_position_controller/commands", "forward_command_controller input (action)"
-    )
-    gripper_topic: str = param("/gripper_controller/commands", "gripper command (action)")
-    engaged_topic: str = param("/teleop/engaged", "teleop engaged flag -> data/intervention")
     max_age_s: float = param(
         0.15, "an observation older than this at a tick is a gap (3 periods at 20 Hz)"
     )

@@ -29,6 +29,7 @@ from sensor_msgs.msg import JointState
 
 from data.align import JointSample, JointStateMerge, StampCheck
 from data.errors import UserError
+from data.rosmsg import TOPICS
 
 P = TypeVar("P")
 
@@ -84,6 +85,36 @@ def param(default: Any, description: str, dynamic: bool = False) -> Any:
     read-only unless ``dynamic``: a dynamic one may be set while the node runs, through the
     callback :func:`on_dynamic_params` installs."""
     return field(default=default, metadata={"description": description, "dynamic": dynamic})
+
+
+def topic_param(name: str) -> Any:
+    """A parameter for one of the arm's topics, default and description from
+    :data:`data.rosmsg.TOPICS` (the bag converters' options come from the same table)."""
+    return param(*TOPICS[name])
+
+
+@dataclass
+class CommandTopics:
+    """The arm's command topics, named as ros2_control's controllers name them by default: the
+    policy and teleop nodes publish on them, the sim arm follows them, the recorder records
+    them as the action."""
+
+    trajectory_topic: str = topic_param("trajectory_topic")
+    forward_topic: str = topic_param("forward_topic")
+    gripper_topic: str = topic_param("gripper_topic")
+
+
+@dataclass
+class ObservationTopics:
+    """Where the policy node and the recorder read the arm's observation keys (data/rosmsg.py
+    maps each message to its keys)."""
+
+    joint_states_topic: str = topic_param("joint_states_topic")
+    gripper_joints: str = topic_param("gripper_joints")
+    camera_topic: str = topic_param("camera_topic")
+    eef_pose_topic: str = topic_param("eef_pose_topic")
+    object_state_topic: str = topic_param("object_state_topic")
+    engaged_topic: str = topic_param("engaged_topic")
 
 
 def dynamic_names(cls: type) -> list[str]:

@@ -1,4 +1,4 @@
-"""sim_arm node: sim.arm.SimArm behind the topics a ros2_control arm exposes.
+"""sim_arm node: sim.mujoco_arm.SimArm behind the topics a ros2_control arm exposes.
 
 Publishes ``/joint_states`` (arm + finger joints) every control period, each camera as
 ``<camera>/image_raw``, ``<camera>/image_raw/compressed`` and ``<camera>/camera_info``
@@ -37,7 +37,15 @@ from trajectory_msgs.msg import JointTrajectory
 from data import rosmsg
 from handoff_ros.commands import Trajectory, trajectory_from_msg
 from handoff_ros.images import camera_info, to_compressed_msg, to_image_msg
-from handoff_ros.rosutil import OK, WARN, Diagnostics, declare_params, param, run_node
+from handoff_ros.rosutil import (
+    OK,
+    WARN,
+    CommandTopics,
+    Diagnostics,
+    declare_params,
+    param,
+    run_node,
+)
 
 # the rclpy classes data.rosmsg builds this node's messages with, by ROS type name
 MSG_TYPES = {
@@ -52,7 +60,7 @@ MSG_TYPES = {
 
 
 @dataclass
-class SimArmParams:
+class SimArmParams(CommandTopics):
     task: str = param("lift", "simulated task (sim.tasks registry): scene, objects, success")
     embodiment: str = param("sim_panda", "embodiment spec name or YAML path")
     cameras: str = param("agentview", "comma-separated spec cameras to render; empty: none")
@@ -63,15 +71,6 @@ class SimArmParams:
     )
     control_hz: float = param(0.0, "physics/joint_states rate, Hz; 0: the spec's control_hz")
     seed: int = param(0, "seed of the first scene; each ~/reset uses the next one")
-    trajectory_topic: str = param(
-        "/arm_controller/joint_trajectory", "joint_trajectory_controller input topic"
-    )
-    forward_topic: str = param(
-        "/forward_position_controller/commands", "forward_command_controller input topic"
-    )
-    gripper_topic: str = param(
-        "/gripper_controller/commands", "gripper command topic (one value, -1 open .. 1 closed)"
-    )
 
     def __post_init__(self) -> None:
         if self.image_height <= 0 or self.image_width <= 0:
@@ -92,9 +91,9 @@ class SimArmNode(Node):
         p = self.p = declare_params(self, SimArmParams)
         from data.embodiment import load_embodiment
         from sim._gl import configure_gl, require_gl
-        from sim.arm import SimArm
+        from sim.mujoco_arm import SimArm
 
-        self.gl = configure_gl()  # chosen before MuJoCo was imported (by sim.arm, above)
+        self.gl = configure_gl()  # chosen before MuJoCo was imported (by sim.mujoco_arm, above)
         if p.camera_list:  # a GL back-end that cannot render: one line, not a render traceback
             require_gl()
 
@@ -290,7 +289,7 @@ class CameraThread:
         renderer.close()
 
     def _publish(self, renderer, data, stamp) -> None:
-        from sim.arm import CAMERAS
+        from sim.mujoco_arm import CAMERAS
 
         for name, (pub_raw, pub_jpeg, pub_info, info) in self.pubs.items():
             renderer.update_scene(data, camera=CAMERAS[name])

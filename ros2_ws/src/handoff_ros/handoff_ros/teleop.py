@@ -41,19 +41,21 @@ from handoff_ros.commands import forward_msg, trajectory_msg
 from handoff_ros.rosutil import (
     OK,
     WARN,
+    CommandTopics,
     Diagnostics,
     declare_params,
     merge_joint_state,
     now_sec,
     param,
     run_node,
+    topic_param,
 )
 from handoff_ros.teleop_devices import DEVICES, TeleopInput
 from policies.safety import SafetyConfig, SafetyFilter
 
 
 @dataclass
-class TeleopParams:
+class TeleopParams(CommandTopics):
     device: str = param("joy", f"teleop device: {', '.join(DEVICES.names())}")
     output: str = param("joint", "joint (targets to the controller) or twist (MoveIt Servo)")
     robot: str = param("sim", "sim (differential IK on the sim model) or real")
@@ -71,10 +73,7 @@ class TeleopParams:
     servo_topic: str = param("/servo_node/delta_twist_cmds", "TwistStamped output topic")
     frame_id: str = param("base_link", "frame of the published twists (the robot base)")
     controller: str = param("forward", "joint output: forward or joint_trajectory")
-    forward_topic: str = param("/forward_position_controller/commands", "forward controller")
-    trajectory_topic: str = param("/arm_controller/joint_trajectory", "trajectory controller")
-    gripper_topic: str = param("/gripper_controller/commands", "gripper command topic")
-    joint_states_topic: str = param("/joint_states", "measured joints (joint output)")
+    joint_states_topic: str = topic_param("joint_states_topic")
     recorder: str = param("/recorder", "recorder node whose services the record keys call")
 
     def __post_init__(self) -> None:
@@ -117,8 +116,8 @@ class TeleopNode(Node):
         except (RuntimeError, ValueError) as e:
             raise UserError(f"device {p.device}: {e}") from None
         if p.output == "joint" and not device.gives_joints:
-            from sim.arm import SimArm
             from sim.kinematics import DiffIK
+            from sim.mujoco_arm import SimArm
 
             self.ik = DiffIK(SimArm(p.task, (), embodiment=self.spec))
         self.q: np.ndarray | None = None

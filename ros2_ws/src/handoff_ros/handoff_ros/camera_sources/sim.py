@@ -39,7 +39,7 @@ class SimCamera(GrabThread):
         seed: int = 0,
     ) -> None:
         from sim._gl import require_gl
-        from sim.arm import CAMERAS
+        from sim.mujoco_arm import CAMERAS
         from sim.tasks import get_task
 
         if camera not in CAMERAS:
@@ -56,7 +56,7 @@ class SimCamera(GrabThread):
         return cls(camera, task or DEFAULT_TASK, p.width, p.height, p.fps, clock, p.reconnect_s)
 
     def _open(self) -> bool:
-        from sim.arm import SimArm
+        from sim.mujoco_arm import SimArm
 
         try:
             self._arm = SimArm(self.task)
