@@ -16,6 +16,8 @@ geometry_msgs/PoseStamped              eef_pos (3,) m, eef_quat (4,) (x, y, z, w
 std_msgs/Float64MultiArray             object_state (privileged, simulated arm),
                                        forward and gripper commands (the action)
 std_msgs/Bool (teleop engaged)         intervention ()
+trajectory_msgs/JointTrajectory        the arm command (joints by name), checked as
+                                       joint_trajectory_controller checks it
 sensor_msgs/Image, CompressedImage     <camera> (H, W, 3) uint8 RGB
 =====================================  ===============================================
 
@@ -29,6 +31,7 @@ copies them into its arrays).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -230,6 +233,65 @@ def intervention_keys(msg: Any) -> dict[str, np.ndarray]:
     return {INTERVENTION_KEY: np.array(bool(msg.data))}
 
 
+# ---- trajectory_msgs/JointTrajectory ------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """Piecewise-linear joint path: ``origin`` (J,) at ``start``, then ``positions`` (K, J) at
+    ``start + times`` (K,), seconds. Holds the last point after the end."""
+
+    start: float
+    origin: np.ndarray
+    times: np.ndarray
+    positions: np.ndarray
+
+    def at(self, t: float) -> np.ndarray:
+        """(J,) target at time ``t`` (seconds, the same clock as ``start``)."""
+        s = t - self.start
+        times = np.concatenate([[0.0], self.times])
+        points = np.vstack([self.origin[None], self.positions])
+        if s <= 0:
+            return points[0].copy()
+        if s >= times[-1]:
+            return points[-1].copy()
+        return np.array([np.interp(s, times, points[:, j]) for j in range(points.shape[1])])
+
+
+def trajectory_from_msg(
+    msg: Any, joint_names: Sequence[str], origin: Any, now: float | None
+) -> Trajectory:
+    """A JointTrajectory as joint_trajectory_controller reads it -> :class:`Trajectory` in
+    ``joint_names`` order (joints matched by name, any order); :class:`MessageError` says what
+    is wrong. A zero ``header.stamp`` means "start now". Like that controller, a stamped
+    trajectory that ends before ``now`` is refused (a stale or badly stamped goal must not make
+    the arm jump to its last point); ``now=None`` (a bag, whose clock may be sim time) skips
+    that check and starts at the stamp."""
+    names = [str(n) for n in msg.joint_names]
+    if not len(msg.points):
+        raise MessageError("joint_trajectory has no points")
+    times, positions = [], []
+    for k, p in enumerate(msg.points):
+        if len(p.positions) != len(names):
+            raise MessageError(
+                f"point {k} has {len(p.positions)} positions for {len(names)} joints"
+            )
+        times.append(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9)
+        positions.append(by_name(names, p.positions, joint_names, "joint_trajectory"))
+    times_arr, pos = np.asarray(times), np.vstack(positions)
+    if np.any(np.diff(times_arr) <= 0) or times_arr[0] < 0:
+        raise MessageError("time_from_start must be >= 0 and strictly increasing over the points")
+    if not np.all(np.isfinite(pos)):
+        raise MessageError("joint_trajectory holds NaN/inf positions")
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    start = stamp if now is None or stamp != 0 else now
+    if now is not None and start + times_arr[-1] < now:
+        raise MessageError(
+            f"joint_trajectory stamped {now - stamp:.3f} s ago ends in the past; refused"
+        )
+    return Trajectory(start, np.asarray(origin, dtype=np.float64), times_arr, pos)
+
+
 # ---- sensor_msgs/Image and CompressedImage -------------------------------------------------
 
 
@@ -274,6 +336,17 @@ def decode_image(msg: Any) -> np.ndarray:
         "mono8": cv2.COLOR_GRAY2RGB,
     }[enc]
     return cv2.cvtColor(np.ascontiguousarray(pixels), code)
+
+
+# the first bytes of the formats image_transport's compressed plugin writes
+COMPRESSED_MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png"}
+
+
+def check_compressed(data: Any) -> None:
+    """Cheap check (no decoding) that CompressedImage ``data`` starts like a JPEG or PNG;
+    :class:`ImageError` otherwise (compressedDepth, or not an image)."""
+    if bytes(data[:2]) not in COMPRESSED_MAGIC:
+        raise ImageError("compressed image is neither JPEG nor PNG (compressedDepth?)")
 
 
 def decode_compressed(data: Any, fmt: str = "") -> np.ndarray:

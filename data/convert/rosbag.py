@@ -322,14 +322,13 @@ class RosbagReader:
         self.streams["eef_pose"].add(ns, **rosmsg.pose_keys(msg))
 
     def _on_trajectory(self, msg: Any, log_ns: int, topic: str) -> None:
-        if msg.points:  # the goal the controller is sent toward
-            try:
-                goal = rosmsg.by_name(
-                    msg.joint_names, msg.points[-1].positions, self.spec.joint_names, topic
-                )
-            except rosmsg.MessageError as e:
-                raise UserError(str(e)) from None
-            self._events.append((log_ns, "arm", goal))
+        if not len(msg.points):  # the controller reads an empty trajectory as "cancel"
+            return
+        try:  # checked as the live recorder checks it (no clock: a bag may hold sim time)
+            traj = rosmsg.trajectory_from_msg(msg, self.spec.joint_names, 0.0, now=None)
+        except rosmsg.MessageError as e:
+            raise UserError(f"{self.path}: {topic}: {e}") from None
+        self._events.append((log_ns, "arm", traj.positions[-1]))  # the goal it is sent toward
 
     def _on_forward(self, msg: Any, log_ns: int, topic: str) -> None:
         spec, data = self.spec, rosmsg.float_values(msg, finite=False)

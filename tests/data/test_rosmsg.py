@@ -206,3 +206,38 @@ def test_the_module_imports_no_ros():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _trajectory(names, points, dt=0.1, stamp=(0, 0)):
+    """A duck-typed trajectory_msgs/JointTrajectory, rosbags-style (positions as ndarrays)."""
+    return SimpleNamespace(
+        header=SimpleNamespace(stamp=SimpleNamespace(sec=stamp[0], nanosec=stamp[1])),
+        joint_names=list(names),
+        points=[
+            SimpleNamespace(
+                positions=np.asarray(q, np.float64),
+                time_from_start=SimpleNamespace(sec=0, nanosec=int((k + 1) * dt * 1e9)),
+            )
+            for k, q in enumerate(points)
+        ],
+    )
+
+
+def test_trajectory_by_name_with_and_without_a_clock():
+    """One parser for the live nodes (a clock: stale goals refused) and bags (no clock: a bag
+    recorded in sim time has stamps of a few seconds that a wall clock would call stale)."""
+    names = SPEC.joint_names
+    points = RNG.normal(size=(3, J))
+    msg = _trajectory(names[::-1], points[:, ::-1], stamp=(4, 0))  # joints in reverse order
+    traj = rosmsg.trajectory_from_msg(msg, names, np.zeros(J), now=None)
+    assert traj.start == 4.0
+    np.testing.assert_allclose(traj.positions, points)
+    np.testing.assert_allclose(traj.at(4.3), points[-1])
+    with pytest.raises(rosmsg.MessageError, match="ends in the past"):
+        rosmsg.trajectory_from_msg(msg, names, np.zeros(J), now=1.7e9)
+    bad = points.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(rosmsg.MessageError, match="NaN"):
+        rosmsg.trajectory_from_msg(_trajectory(names, bad), names, np.zeros(J), now=None)
+    with pytest.raises(rosmsg.MessageError, match=r"joint\(s\) \['robot0_joint1'\] not in"):
+        rosmsg.trajectory_from_msg(_trajectory(names[1:], points[:, 1:]), names, 0.0, None)

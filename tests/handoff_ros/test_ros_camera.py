@@ -16,9 +16,9 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 from data.errors import UserError  # noqa: E402
+from data.rosmsg import decode_compressed, decode_image  # noqa: E402
 from handoff_ros.camera import CameraParams  # noqa: E402
 from handoff_ros.camera_sources import CAMERA_SOURCES, CameraSource, GrabThread  # noqa: E402
-from handoff_ros.images import from_compressed_msg, from_image_msg  # noqa: E402
 from handoff_ros.processes import NodeProcess, Probe, fresh_domain_id, nodes  # noqa: E402
 from handoff_ros.rosutil import level_value  # noqa: E402
 
@@ -145,11 +145,11 @@ def test_camera_from_video_file(tmp_path):
         assert np.all(np.diff(stamps) > 0)
         period = np.median(np.diff(stamps))
         assert 0.03 < period < 0.08  # paced at 20 fps
-        rgb = from_image_msg(raw[-1][1])
+        rgb = decode_image(raw[-1][1])
         assert rgb[5, 5, 0] > 150 and rgb[5, 5, 2] < 60  # red stays red
         jpeg = probe.msgs["/front/image_raw/compressed"]
         assert jpeg and "jpeg" in jpeg[-1][1].format
-        assert from_compressed_msg(jpeg[-1][1]).shape == (96, 128, 3)
+        assert decode_compressed(jpeg[-1][1].data).shape == (96, 128, 3)
         info = probe.msgs["/front/camera_info"][-1][1]
         assert (info.width, info.height) == (128, 96) and info.k[0] > 0
         diag = [s for _, a in probe.msgs["/diagnostics"] for s in a.status]
@@ -187,7 +187,7 @@ def test_camera_source_that_appears_later_is_picked_up(tmp_path):
         assert probe.spin_until(
             lambda: level_value(probe.msgs["/diagnostics"][-1][1].status[0].level) == 0, 5
         )
-        assert from_image_msg(probe.msgs["/image_raw"][-1][1]).shape == (48, 64, 3)
+        assert decode_image(probe.msgs["/image_raw"][-1][1]).shape == (48, 64, 3)
 
 
 def test_camera_bad_parameter_exits_2(tmp_path):
@@ -252,6 +252,6 @@ def test_camera_node_with_the_simulated_twin(tmp_path):
     with nodes(cam), Probe(dom) as probe:
         probe.subscribe(Image, "/image_raw", qos_profile_sensor_data)
         assert probe.spin_until(lambda: len(probe.msgs["/image_raw"]) >= 2, 120), cam.log()
-        rgb = from_image_msg(probe.msgs["/image_raw"][-1][1])
+        rgb = decode_image(probe.msgs["/image_raw"][-1][1])
         assert rgb.shape == (24, 32, 3) and rgb.std() > 5  # a rendered scene, not a blank
         assert cam.alive()

@@ -9,12 +9,8 @@ pytest.importorskip("trajectory_msgs")
 
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from data.rosmsg import float_values  # noqa: E402
-from handoff_ros.commands import (  # noqa: E402
-    forward_msg,
-    trajectory_from_msg,
-    trajectory_msg,
-)
+from data.rosmsg import float_values, trajectory_from_msg  # noqa: E402
+from handoff_ros.commands import forward_msg, trajectory_msg  # noqa: E402
 
 NAMES = ["j1", "j2", "j3"]
 
@@ -34,7 +30,7 @@ def test_trajectory_round_trip_matches_by_name_and_interpolates():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda m: setattr(m, "joint_names", ["a", "b", "c"]), "lacks joint"),
+        (lambda m: setattr(m, "joint_names", ["a", "b", "c"]), "not in the message"),
         (lambda m: m.points.clear(), "no points"),
         (lambda m: setattr(m.points[0], "positions", [1.0]), "positions for"),
         (

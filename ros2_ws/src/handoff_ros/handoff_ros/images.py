@@ -1,10 +1,12 @@
-"""numpy/OpenCV <-> sensor_msgs/Image and CompressedImage (cv_bridge is not installable here).
+"""numpy/OpenCV -> sensor_msgs/Image, CompressedImage and CameraInfo (cv_bridge is not
+installable here).
 
 Frames inside handoff are uint8 HWC RGB (what the store and the policies hold). We publish
-``rgb8``, ``bgr8`` or ``mono8``; decoding is data/rosmsg.py's ``decode_image`` (shared with the
-rosbag converter, so a live node and a bag accept the same encodings and check ``step`` the
-same way). Assigning ``bytes`` to a message's ``data`` is fast in rclpy; assigning an ndarray
-goes element by element (~500x slower).
+``rgb8``, ``bgr8`` or ``mono8``. Decoding is data/rosmsg.py's alone (``decode_image``,
+``decode_compressed``, ``check_compressed``; shared with the rosbag converter, so a live node
+and a bag accept the same encodings and check ``step`` the same way). Assigning ``bytes`` to
+a message's ``data`` is fast in rclpy; assigning an ndarray goes element by element (~500x
+slower).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from data.rosmsg import ImageError, decode_image
+from data.rosmsg import ImageError
 
 # encodings to_image_msg publishes (decoding accepts data.rosmsg.IMAGE_CHANNELS, a superset)
 CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
@@ -40,14 +42,6 @@ def to_image_msg(rgb: np.ndarray, encoding: str = "rgb8") -> Image:
     return msg
 
 
-def from_image_msg(msg: Image) -> np.ndarray:
-    """Image -> (H, W, 3) uint8 RGB (for rgb8 a view of the message's data, not a copy).
-
-    Raises :class:`ImageError` (reported on /diagnostics, never raised out of a callback)
-    naming what is wrong; see data.rosmsg.decode_image."""
-    return decode_image(msg)
-
-
 def to_compressed_msg(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> CompressedImage:
     """(H, W, 3) uint8 RGB -> CompressedImage (image_transport's ``rgb8; jpeg compressed bgr8``
     convention for ``format``)."""
@@ -59,29 +53,6 @@ def to_compressed_msg(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
     msg.format = f"rgb8; {fmt} compressed bgr8"
     msg.data = buf.tobytes()
     return msg
-
-
-def from_compressed_msg(msg: CompressedImage) -> np.ndarray:
-    """CompressedImage (jpeg/png) -> (H, W, 3) uint8 RGB."""
-    return decode_compressed(msg.data, msg.format)
-
-
-# the first bytes of the formats image_transport's compressed plugin writes
-MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png"}
-
-
-def check_compressed(data: bytes | bytearray | memoryview) -> None:
-    """Cheap check (no decoding) that ``data`` starts like a JPEG or PNG."""
-    if bytes(data[:2]) not in MAGIC:
-        raise ImageError("compressed image is neither JPEG nor PNG (compressedDepth?)")
-
-
-def decode_compressed(data: bytes | bytearray | memoryview, fmt: str = "") -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB."""
-    frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise ImageError(f"could not decode compressed image (format {fmt!r})")
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 def fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

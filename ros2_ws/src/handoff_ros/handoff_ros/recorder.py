@@ -43,10 +43,9 @@ from data import rosmsg
 from data.align import JointStateMerge, StampCheck
 from data.embodiment import Embodiment, load_embodiment
 from data.errors import UserError
+from data.rosmsg import ImageError, check_compressed, decode_image, trajectory_from_msg
 from data.store import DemoStore
-from handoff_ros.commands import trajectory_from_msg
 from handoff_ros.episode_recorder import EncodedFrame, EpisodeRecorder, Stream, non_finite_keys
-from handoff_ros.images import ImageError, check_compressed, from_image_msg
 from handoff_ros.rosutil import (
     ERROR,
     OK,
@@ -281,7 +280,7 @@ class RecorderNode(Node):
 
     def on_image(self, cam: str, msg: Image) -> None:
         try:
-            rgb = from_image_msg(msg)
+            rgb = decode_image(msg)
         except ImageError as e:
             self.diag.problem(f"{cam}: {e}")
             return

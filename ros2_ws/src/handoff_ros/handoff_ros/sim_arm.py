@@ -35,7 +35,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from data import rosmsg
-from handoff_ros.commands import Trajectory, trajectory_from_msg
+from data.rosmsg import Trajectory, trajectory_from_msg
 from handoff_ros.images import camera_info, to_compressed_msg, to_image_msg
 from handoff_ros.rosutil import (
     OK,
@@ -148,7 +148,7 @@ class SimArmNode(Node):
                 msg, self.spec.joint_names, self.target[:-1].copy(), self.now()
             )
         except ValueError as e:
-            self.diag.problem(f"rejected joint_trajectory: {e}")
+            self.diag.problem(f"rejected command: {e}")
             return
         self.trajectory = traj
         self.commands_received += 1
