@@ -85,6 +85,11 @@ IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 Types = Mapping[str, Callable[..., Any]]
 
 
+def seconds(t: Any) -> float:
+    """A builtin_interfaces Time or Duration (``sec``, ``nanosec``) in seconds."""
+    return t.sec + t.nanosec * 1e-9
+
+
 class MessageError(ValueError):
     """A malformed message, or values that do not fit the message; the text says what."""
 
@@ -276,14 +281,14 @@ def trajectory_from_msg(
             raise MessageError(
                 f"point {k} has {len(p.positions)} positions for {len(names)} joints"
             )
-        times.append(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9)
+        times.append(seconds(p.time_from_start))
         positions.append(by_name(names, p.positions, joint_names, "joint_trajectory"))
     times_arr, pos = np.asarray(times), np.vstack(positions)
     if np.any(np.diff(times_arr) <= 0) or times_arr[0] < 0:
         raise MessageError("time_from_start must be >= 0 and strictly increasing over the points")
     if not np.all(np.isfinite(pos)):
         raise MessageError("joint_trajectory holds NaN/inf positions")
-    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    stamp = seconds(msg.header.stamp)
     start = stamp if now is None or stamp != 0 else now
     if now is not None and start + times_arr[-1] < now:
         raise MessageError(

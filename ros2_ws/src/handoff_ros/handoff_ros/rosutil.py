@@ -30,6 +30,7 @@ from sensor_msgs.msg import JointState
 from data.align import JointSample, JointStateMerge, StampCheck
 from data.errors import UserError
 from data.rosmsg import TOPICS
+from data.rosmsg import seconds as stamp_to_sec  # noqa: F401  (the nodes' name for it)
 
 P = TypeVar("P")
 
@@ -165,10 +166,6 @@ def declare_params(node: Node, cls: type[P]) -> P:
         return cls(**values)
     except (ValueError, TypeError) as e:
         raise UserError(f"node {node.get_name()}: bad parameter: {e}") from None
-
-
-def stamp_to_sec(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def now_sec(node: Node) -> float:
