@@ -204,3 +204,17 @@ def test_a_recording_without_a_usable_step_is_refused_by_stop(tmp_path):
         counted = lambda: diag_int(probe, "/recorder", "eef_pose.rejected_stamps") > 5  # noqa: E731
         assert probe.spin_until(counted, 5), probe.diagnostic_values("/recorder")
     assert DemoStore.open(tmp_path / "e.zarr").n_episodes == 0
+
+
+def test_a_probe_keeps_its_matched_client_and_a_failing_test_shows_the_node_logs(tmp_path, capsys):
+    """Service answers are not lost to a client the server has not matched yet (one client
+    per service, settled once), and an error inside ``nodes`` prints each node's log tail."""
+    dom = fresh_domain_id()
+    rec = NodeProcess("recorder", dom, {**RECORDER, "store": str(tmp_path / "f.zarr")}, tmp_path)
+    with pytest.raises(RuntimeError, match="inside the test"), nodes(rec), Probe(dom) as probe:
+        answers = [probe.call(Trigger, "/recorder/discard", Trigger.Request()) for _ in range(3)]
+        assert [a.success for a in answers] == [False] * 3, answers  # nothing to discard
+        assert len(probe._clients) == 1
+        raise RuntimeError("inside the test")
+    err = capsys.readouterr().err
+    assert f"--- {rec.log_path.name} (" in err and "recorder" in err, err

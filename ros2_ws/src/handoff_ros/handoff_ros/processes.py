@@ -109,9 +109,16 @@ class NodeProcess:
 
 @contextmanager
 def nodes(*procs: NodeProcess) -> Iterator[tuple[NodeProcess, ...]]:
-    """Stop every process on exit, whatever happened."""
+    """Stop every process on exit, whatever happened. On an error, each process's state and
+    the end of its log go to stderr (a failing test shows what the nodes were doing)."""
     try:
         yield procs
+    except BaseException:
+        for p in procs:
+            tail = "\n".join(p.log().splitlines()[-30:])
+            state = "running" if p.alive() else f"exited {p.proc.returncode}"
+            print(f"--- {p.log_path.name} ({state}):\n{tail}", file=sys.stderr)
+        raise
     finally:
         for p in procs:
             p.stop()
@@ -119,6 +126,8 @@ def nodes(*procs: NodeProcess) -> Iterator[tuple[NodeProcess, ...]]:
 
 class Probe:
     """An in-process rclpy node on its own context: subscribe, publish, call, wait."""
+
+    SETTLE_S = 1.0  # after a service appears, for the server to match this client's replies
 
     def __init__(self, domain_id: int, name: str = "probe") -> None:
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -129,6 +138,7 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.msgs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
+        self._clients: dict[tuple[type, str], Any] = {}
 
     def subscribe(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> None:
         def cb(msg: Any, info: dict[str, int]) -> None:
@@ -154,20 +164,33 @@ class Probe:
         self, srv_type: type, name: str, request: Any, timeout: float = 20.0, resend_s: float = 3.0
     ) -> Any:
         """Call a service; re-sends every ``resend_s`` (a server that was just killed can look
-        alive to discovery for a while and swallow the first request). The first answer wins."""
-        client = self.node.create_client(srv_type, name)
-        try:
+        alive to discovery for a while and swallow the first request). The first answer wins.
+
+        One client per service is kept for the probe's life. Discovery is not symmetric: the
+        client can see the server before the server has matched the client's reply reader, and
+        rmw_fastrtps drops a reply whose reader it has not matched after a short wait (about
+        0.1 s), so on a loaded machine the first call's answer could be lost for good (CI:
+        ``/recorder/start did not answer within 60 s``). A new client therefore waits
+        ``SETTLE_S`` after the server appears before its first request; later calls reuse the
+        matched client."""
+        key = (srv_type, name)
+        client = self._clients.get(key)
+        if client is None:
+            client = self.node.create_client(srv_type, name)
             if not self.spin_until(client.service_is_ready, timeout):
+                self.node.destroy_client(client)
                 raise TimeoutError(f"service {name} did not appear within {timeout} s")
-            end = time.monotonic() + timeout
-            futures = []
-            while time.monotonic() < end:
-                futures.append(client.call_async(request))
-                if self.spin_until(lambda: any(f.done() for f in futures), resend_s):
-                    return next(f for f in futures if f.done()).result()
-            raise TimeoutError(f"service {name} did not answer within {timeout} s")
-        finally:
-            self.node.destroy_client(client)
+            self.spin_for(self.SETTLE_S)
+            self._clients[key] = client
+        elif not self.spin_until(client.service_is_ready, timeout):
+            raise TimeoutError(f"service {name} did not appear within {timeout} s")
+        end = time.monotonic() + timeout
+        futures = []
+        while time.monotonic() < end:
+            futures.append(client.call_async(request))
+            if self.spin_until(lambda: any(f.done() for f in futures), resend_s):
+                return next(f for f in futures if f.done()).result()
+        raise TimeoutError(f"service {name} did not answer within {timeout} s")
 
     def diagnostic_values(self, node_name: str) -> dict[str, str]:
         """Key/values of the newest /diagnostics status of ``node_name`` (subscribe first)."""
