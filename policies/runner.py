@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +65,15 @@ from policies.safety import FilterResult, SafetyConfig, SafetyFilter
 
 SCHEMES = ("sync", "async", "ensemble", "rtc")
 MEASURED = -1  # delay: use the measured inference time
+
+
+def normal_priority() -> None:
+    """Run the calling thread under normal (SCHED_OTHER) scheduling. The inference worker
+    starts on the first tick, so on the node it would inherit the control thread's real-time
+    policy (handoff_ros.rosutil.realtime_thread); a 150 ms chunk at that priority would hold
+    off the control loop and DDS instead of the other way round. Lowering needs no privilege."""
+    if hasattr(os, "sched_setscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @dataclass
@@ -166,7 +176,11 @@ class PolicyRunner:
             m = getattr(policy.config, "temporal_ensemble_coeff", None)
         self.ensemble_coeff = 0.01 if m is None else float(m)
         self.on_chunk = list(on_chunk or [])
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="inference") if threaded else None
+        self.pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="inference", initializer=normal_priority)
+            if threaded
+            else None
+        )
         self.inference_ms: deque[float] = deque(maxlen=1000)
         self.inflight: _Inference | None = None
         self.reset()

@@ -9,7 +9,9 @@
    whose /joint_states the benchmark publishes at 100 Hz; period error = |interval between
    command arrivals - 1/rate|. Baseline, same run, same measurement: a bare rclpy timer
    publisher at the same rate (what the machine and DDS give), interleaved with the node in
-   three segments each (node, timer, node, ...); ``p99_vs_baseline`` is their p99 ratio.
+   three segments each (node, timer, node, ...); ``p99_vs_baseline`` is their p99 ratio. The
+   node runs its tick under SCHED_FIFO (``realtime_priority``, default 50) where the machine
+   allows it; the bare timer runs as a plain rclpy program does, at normal priority.
 2. Observation-stamp -> command latency: the policy node's ``~/obs_age_ms`` (joint-state
    stamp to command publish) p50/p99.
 3. Recorder headroom: three camera nodes streaming 640x480 rgb8 at 30 fps from a video file

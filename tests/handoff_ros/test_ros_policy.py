@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,6 +48,23 @@ def sim(tmp_path_factory):
         arm.stop()
 
 
+def fifo_allowed() -> bool:
+    """Whether this machine lets a process take SCHED_FIFO (root or CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+def thread_policies(pid: int) -> dict[int, int]:
+    """{thread id: scheduling policy} of a process's threads."""
+    return {
+        int(t.name): os.sched_getscheduler(int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
 def stamps(msgs) -> np.ndarray:
     return np.array([t for t, _ in msgs])
 
@@ -74,6 +94,13 @@ def test_policy_commands_arrive_at_the_control_rate_and_the_arm_moves(sim, check
         has_jitter = lambda: "period_error_ms_p50" in probe.diagnostic_values("/policy")  # noqa: E731
         assert probe.spin_until(has_jitter, 5), probe.diagnostic_values("/policy")
         assert float(probe.diagnostic_values("/policy")["period_error_ms_p50"]) < 10
+        # the tick's thread runs at SCHED_FIFO where that is allowed; inference never does
+        scheduling = probe.diagnostic_values("/policy")["scheduling"]
+        assert scheduling == ("SCHED_FIFO 50" if fifo_allowed() else "normal (SCHED_FIFO refused)")
+        # the main thread spins the executor; the inference worker and DDS's threads do not
+        # (the worker exists: chunks were published above)
+        fifo = [t for t, p in thread_policies(policy.proc.pid).items() if p == os.SCHED_FIFO]
+        assert fifo == ([policy.proc.pid] if fifo_allowed() else []), fifo
         # a teleop operator engages: the policy yields the arm, and resumes after release
         engaged = probe.node.create_publisher(Bool, "/teleop/engaged", 10)
         for _ in range(10):  # commands in flight land and the node sees the operator
@@ -115,6 +142,9 @@ def test_policy_node_runs_the_runner_scheme_and_delay_it_is_given(sim, checkpoin
     bad = NodeProcess("policy", dom, params | {"scheme": "fastest"}, logs)
     assert bad.proc.wait(timeout=60) == 2  # a parameter mistake: one error line, exit 2
     assert "error:" in bad.log() and "scheme 'fastest'" in bad.log()
+    bad = NodeProcess("policy", dom, params | {"realtime_priority": 100}, logs)
+    assert bad.proc.wait(timeout=60) == 2
+    assert "realtime_priority 100: use 0 (normal) or 1-99 (SCHED_FIFO)" in bad.log(), bad.log()
 
 
 def test_real_arm_policy_waits_for_enable_and_latches_the_estop(sim, checkpoint):

@@ -3,7 +3,9 @@ node's threaded inference against the simulator's inline one on the same observa
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -276,3 +278,22 @@ def test_reset_bounds_the_first_command_from_the_measured_joints():
     runner.reset()
     first = runner.tick(obs(0), 1.0, joints=(HOME, 1.0)).command
     assert np.max(np.abs(first[:7] - HOME)) <= 0.05 + 1e-9  # one step from HOME, not from far
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling only")
+def test_the_inference_worker_runs_at_normal_priority_when_started_from_a_realtime_thread():
+    """The node's first tick (SCHED_FIFO) starts the worker; inheriting that policy would let a
+    chunk hold off the control loop."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:
+        pytest.skip("this machine refuses SCHED_FIFO")
+    try:
+        runner = PolicyRunner(ChunkPolicy(), RunnerConfig(scheme="async", delay=-1), threaded=True)
+        plain = ThreadPoolExecutor(1)
+        assert plain.submit(os.sched_getscheduler, 0).result() == os.SCHED_FIFO  # inherited
+        assert runner.pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_OTHER
+        plain.shutdown()
+        runner.close()
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))

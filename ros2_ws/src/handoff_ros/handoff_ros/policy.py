@@ -60,10 +60,12 @@ from handoff_ros.rosutil import (
     CommandTopics,
     Diagnostics,
     ObservationTopics,
+    RealtimeParams,
     declare_params,
     now_sec,
     on_dynamic_params,
     param,
+    realtime_thread,
     run_node,
 )
 from policies.runner import SCHEMES, PolicyRunner, RunnerConfig
@@ -73,7 +75,7 @@ CONTROLLERS = ("forward", "joint_trajectory")
 
 
 @dataclass
-class PolicyParams(CommandTopics, ObservationTopics):
+class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
     checkpoint: str = param("", "checkpoint directory or run directory (its best/ or last/)")
     robot: str = param("real", "sim or real: sim starts enabled and may use privileged state")
     controller: str = param("forward", "forward (Float64MultiArray) or joint_trajectory")
@@ -125,6 +127,7 @@ class PolicyParams(CommandTopics, ObservationTopics):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.checkpoint:
             raise ValueError("checkpoint is required: -p checkpoint:=runs/NAME")
         if self.robot not in ("sim", "real"):
@@ -285,6 +288,7 @@ class PolicyNode(LifecycleNode):
         self.create_service(Trigger, "~/reset", self.srv_reset)
         self.mismatch = ""
         self.ticks = self.sent = self.yielded = 0
+        self.scheduling = ""  # set by the first tick, on the thread that runs them
         self.obs_stamps: dict[int, float] = {}  # runner tick -> joint-state time of its obs
         self.sent_at: list[float] = []  # monotonic send times of the last commands
         self.safety.set_enabled(False)  # the gate opens on activate
@@ -317,6 +321,8 @@ class PolicyNode(LifecycleNode):
     # ---- the control tick ------------------------------------------------------------------
 
     def tick(self) -> None:
+        if not self.ticks:  # on the executor's thread (the inference worker resets its own)
+            self.scheduling = realtime_thread(self, self.p.realtime_priority)
         self.ticks += 1
         now = now_sec(self)
         q, stamp = self.obs.joints()
@@ -403,6 +409,7 @@ class PolicyNode(LifecycleNode):
         values = {
             "hardware_id": self.p.checkpoint,
             "ticks": self.ticks,
+            "scheduling": self.scheduling,
             "commands_sent": self.sent,
             "scheme": self.runner.scheme,
             "inference_delay_ticks": self.runner.expected_delay,

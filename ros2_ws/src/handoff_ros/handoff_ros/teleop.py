@@ -43,10 +43,12 @@ from handoff_ros.rosutil import (
     WARN,
     CommandTopics,
     Diagnostics,
+    RealtimeParams,
     declare_params,
     merge_joint_state,
     now_sec,
     param,
+    realtime_thread,
     run_node,
     topic_param,
 )
@@ -55,7 +57,7 @@ from policies.safety import SafetyConfig, SafetyFilter
 
 
 @dataclass
-class TeleopParams(CommandTopics):
+class TeleopParams(CommandTopics, RealtimeParams):
     device: str = param("joy", f"teleop device: {', '.join(DEVICES.names())}")
     output: str = param("joint", "joint (targets to the controller) or twist (MoveIt Servo)")
     robot: str = param("sim", "sim (differential IK on the sim model) or real")
@@ -77,6 +79,7 @@ class TeleopParams(CommandTopics):
     recorder: str = param("/recorder", "recorder node whose services the record keys call")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             gives_joints = DEVICES.get(self.device).gives_joints
         except UserError as e:  # the registry's message lists the devices
@@ -145,6 +148,7 @@ class TeleopNode(Node):
         self.sent = 0
         self.recording: bool | None = None  # None until the recorder answers a key
         self.engaged = False
+        self.scheduling = ""  # set by the first tick, on the thread that runs them
         self.timer = self.create_timer(self.dt, self.tick)
         self.diag = Diagnostics(self, self.report)
 
@@ -168,6 +172,8 @@ class TeleopNode(Node):
     # ---- the tick --------------------------------------------------------------------------
 
     def tick(self) -> None:
+        if not self.scheduling:
+            self.scheduling = realtime_thread(self, self.p.realtime_priority)
         now = now_sec(self)
         inp: TeleopInput = self.device.read()
         self.engaged = inp.engaged
@@ -239,6 +245,7 @@ class TeleopNode(Node):
     def report(self) -> tuple[int, str, dict]:
         values = {
             "hardware_id": self.p.device,
+            "scheduling": self.scheduling,
             "engaged": self.engaged,
             "recording": self.recording,
             "commands_sent": self.sent,
