@@ -175,15 +175,16 @@ class Probe:
         matched client."""
         key = (srv_type, name)
         client = self._clients.get(key)
-        if client is None:
+        fresh = client is None
+        if fresh:
             client = self.node.create_client(srv_type, name)
-            if not self.spin_until(client.service_is_ready, timeout):
+        if not self.spin_until(client.service_is_ready, timeout):
+            if fresh:
                 self.node.destroy_client(client)
-                raise TimeoutError(f"service {name} did not appear within {timeout} s")
+            raise TimeoutError(f"service {name} did not appear within {timeout} s")
+        if fresh:
             self.spin_for(self.SETTLE_S)
             self._clients[key] = client
-        elif not self.spin_until(client.service_is_ready, timeout):
-            raise TimeoutError(f"service {name} did not appear within {timeout} s")
         end = time.monotonic() + timeout
         futures = []
         while time.monotonic() < end:
