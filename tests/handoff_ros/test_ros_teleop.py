@@ -21,7 +21,6 @@ from handoff_ros.teleop_devices import (  # noqa: E402
     JoyMapping,
     TeleopDevice,
     TeleopInput,
-    leader_targets,
     register_device,
 )
 from handoff_ros.teleop_devices.joy import Joy as JoyDevice  # noqa: E402
@@ -44,14 +43,6 @@ def test_joy_mapping_deadman_deadzone_gripper_and_button_edges():
     assert joy(axes, buttons, (-1.0, 1.0)).events == []  # held: no repeat
     with pytest.raises(ValueError, match="6 indices"):
         JoyMapping(axes=(0, 1))
-
-
-def test_leader_targets_match_by_name_and_report_missing():
-    pos = {"l1": 0.1, "l2": 0.2, "j3": 0.3}
-    q = leader_targets(pos, ["j1", "j2", "j3"], {"j1": "l1", "j2": "l2"})
-    np.testing.assert_allclose(q, [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="j2"):
-        leader_targets(pos, ["j1", "j2"], {"j1": "l1"})
 
 
 def test_devices_are_found_by_name_and_an_unknown_name_lists_them():
@@ -161,7 +152,8 @@ def test_leader_device_follows_by_name_reports_bad_messages_and_times_out():
     assert inp.engaged and inp.twist is None
     np.testing.assert_allclose(inp.joints, [0.1, 0.2])
     leader.feed(JointState(name=["j1", "j2"], position=[0.0, 0.0]))  # no l1: dropped
-    assert problems and "l1" in problems[0]
+    leader.feed(JointState(name=["l1", "j2"], position=[0.5]))  # a position short: dropped
+    assert len(problems) == 2 and "['l1']" in problems[0] and "2 joint names but 1" in problems[1]
     np.testing.assert_allclose(leader.read().joints, [0.1, 0.2])
     t[0] = 0.25
     assert not leader.read().engaged

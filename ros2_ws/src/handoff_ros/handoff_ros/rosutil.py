@@ -18,7 +18,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -213,36 +212,6 @@ def declare_params(node: Node, cls: type[P]) -> P:
 def now_sec(node: Node) -> float:
     """The node's clock in seconds (sim time when use_sim_time is set)."""
     return node.get_clock().now().nanoseconds * 1e-9
-
-
-@dataclass
-class JointMatcher:
-    """Picks the spec's joints out of a JointState by name (never by position in the message)."""
-
-    names: Sequence[str]
-    _cache: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
-
-    def indices(self, msg_names: Sequence[str]) -> np.ndarray:
-        key = tuple(msg_names)
-        if key not in self._cache:
-            lookup = {n: i for i, n in enumerate(key)}
-            missing = [n for n in self.names if n not in lookup]
-            self._cache[key] = (
-                None if missing else np.array([lookup[n] for n in self.names], dtype=np.int64)
-            )
-        idx = self._cache[key]
-        if idx is None:
-            missing = [n for n in self.names if n not in key]
-            raise ValueError(f"joint_states lacks joint(s) {missing}; got {list(key)}")
-        return idx
-
-    def positions(self, msg: JointState) -> np.ndarray:
-        """(J,) positions in spec order; ValueError names missing joints or short arrays."""
-        idx = self.indices(msg.name)
-        if len(msg.position) != len(msg.name):
-            n, m = len(msg.name), len(msg.position)
-            raise ValueError(f"joint_states has {n} names but {m} positions")
-        return np.asarray(msg.position, dtype=np.float64)[idx]
 
 
 def merge_joint_state(

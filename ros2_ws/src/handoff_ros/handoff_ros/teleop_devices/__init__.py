@@ -22,7 +22,6 @@ from handoff_ros.teleop_devices.base import (
 import_all(__name__, __path__)
 
 from handoff_ros.teleop_devices.joy import JoyMapping  # noqa: E402
-from handoff_ros.teleop_devices.leader import leader_targets  # noqa: E402
 
 __all__ = [
     "DEVICES",
@@ -30,6 +29,5 @@ __all__ = [
     "JoyMapping",
     "TeleopDevice",
     "TeleopInput",
-    "leader_targets",
     "register_device",
 ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data.rosmsg import MessageError, by_name
 from handoff_ros.teleop_devices.base import TeleopDevice, TeleopInput, need_node, register_device
 
 if TYPE_CHECKING:
@@ -16,21 +17,6 @@ if TYPE_CHECKING:
 
     from data.embodiment import Embodiment
     from handoff_ros.teleop import TeleopParams
-
-
-def leader_targets(
-    positions: dict[str, float], follower_names: Sequence[str], mapping: dict[str, str]
-) -> np.ndarray:
-    """Leader arm joint positions (by name) -> follower targets (J,) in follower order.
-
-    ``mapping`` maps follower joint -> leader joint (identity when empty); ValueError names
-    the joints the leader does not publish.
-    """
-    names = [mapping.get(n, n) for n in follower_names]
-    missing = [n for n in names if n not in positions]
-    if missing:
-        raise ValueError(f"leader joint_states lacks {missing}")
-    return np.array([positions[n] for n in names], dtype=np.float64)
 
 
 @register_device("leader")
@@ -47,12 +33,10 @@ class Leader(TeleopDevice):
         topic: str = "/leader/joint_states",
         timeout_s: float = 0.2,
     ) -> None:
-        from handoff_ros.rosutil import JointMatcher
-
         self.mapping = mapping or {}
         self.topic = topic
         self.timeout_s = timeout_s
-        self.matcher = JointMatcher([self.mapping.get(n, n) for n in follower_names])
+        self.leader_names = [self.mapping.get(n, n) for n in follower_names]
         self.clock: Callable[[], float] = time.monotonic
         self._q: np.ndarray | None = None
         self._t = -np.inf
@@ -77,12 +61,13 @@ class Leader(TeleopDevice):
         self._sub = self._node.create_subscription(JointState, self.topic, self.feed, 10)
 
     def feed(self, msg: Any) -> None:
-        """One JointState (``name``, ``position``); one without the follower's joints is
-        dropped and reported."""
+        """One JointState (``name``, ``position``) -> the follower's targets (J,), matched by
+        name; one without the follower's joints or with too few positions is dropped and
+        reported."""
         try:
-            self._q = self.matcher.positions(msg)
-        except ValueError as e:
-            self.on_problem(f"leader: {e}")
+            self._q = by_name(msg.name, msg.position, self.leader_names, f"leader {self.topic}")
+        except MessageError as e:
+            self.on_problem(str(e))
             return
         self._t = self.clock()
 
