@@ -3,11 +3,14 @@ differential IK -> sim_arm over real DDS."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
@@ -26,6 +29,7 @@ from handoff_ros.teleop_devices import (  # noqa: E402
 from handoff_ros.teleop_devices.joy import Joy as JoyDevice  # noqa: E402
 from handoff_ros.teleop_devices.leader import Leader  # noqa: E402
 from handoff_ros.teleop_devices.scripted import Scripted  # noqa: E402
+from tests.handoff_ros.test_ros_policy import fifo_allowed, thread_policies  # noqa: E402
 
 FORWARD = "/forward_position_controller/commands"
 
@@ -241,4 +245,12 @@ def test_scripted_device_drives_the_sim_arm_through_the_registry(tmp_path):
         moved = np.hypot(x1.x - x0.x, x1.y - x0.y)
         assert 0.01 < moved < 0.1, moved  # 5 cm/s along a 5 cm square
         assert all(m.data for _, m in probe.msgs["/teleop/engaged"][-5:])
+        # the teleop tick runs at SCHED_FIFO where allowed, as the policy node's (only the
+        # thread that spins the executor; DDS's threads stay at normal priority)
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        assert probe.spin_until(lambda: probe.diagnostic_values("/teleop"), 10), teleop.log()
+        scheduling = probe.diagnostic_values("/teleop")["scheduling"]
+        assert scheduling == ("SCHED_FIFO 50" if fifo_allowed() else "normal (SCHED_FIFO refused)")
+        fifo = [t for t, p in thread_policies(teleop.proc.pid).items() if p == os.SCHED_FIFO]
+        assert fifo == ([teleop.proc.pid] if fifo_allowed() else []), fifo
         assert teleop.alive() and arm.alive()
