@@ -195,7 +195,10 @@ def main() -> None:
         for variant, store in stores.items():
             dp, _ = build("diffusion", store)
             cond = dp._condition(
-                {k: torch.from_numpy(store.episode(0)[k][:2])[None] for k in dp.input_keys}
+                {
+                    k: torch.from_numpy(store.episode(0)[k][: dp.config.n_obs_steps])[None]
+                    for k in dp.input_keys
+                }
             )
             x = torch.zeros(1, dp.config.horizon, dp.action_dim)
             t = torch.zeros(1, dtype=torch.long)
