@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+
+# A suite started in the background of a script (`make test &`) inherits SIGINT ignored, and
+# so would every node, launch and collection it starts: the tests that stop them with Ctrl-C
+# (SIGINT) would find them deaf. Children of a process that handles SIGINT get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Before anything imports mujoco/robosuite or rclpy.
 os.environ.setdefault("MUJOCO_GL", "osmesa")
