@@ -15,6 +15,7 @@ it, shuts every process down cleanly.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,20 @@ def test_sim_launch_renders_the_chosen_cameras_and_publishes_the_clock(launched)
     image = run.probe.msgs["/agentview/image_raw"][-1][1]
     assert (image.height, image.width) == (file["image_height"], file["image_width"])
     assert run.probe.node.count_publishers("/wrist/image_raw") == 0
+    run.shut_down_cleanly()
+
+
+def test_launch_started_by_a_parent_that_ignores_ctrl_c_still_stops_on_sigint(launched, tmp_path):
+    # a script's background job (`closed_loop ... &`, nohup) ignores SIGINT, and a child
+    # inherits that across exec; launch would never hear the SIGINT that stop() sends
+    params = params_file(tmp_path / "params.yaml", sim_arm={"cameras": ""})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = launched("sim.launch.py", params_file=str(params))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run.probe.subscribe(JointState, "/joint_states")
+    run.wait("/joint_states", 3)
     run.shut_down_cleanly()
 
 

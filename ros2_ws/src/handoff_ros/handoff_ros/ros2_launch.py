@@ -150,6 +150,17 @@ _CLEAN = re.compile(r"\[(\w+)-\d+\]: process has finished cleanly")
 _DIED = re.compile(r"\[(\w+)-\d+\]: process has died \[.*")
 
 
+# A process inherits an ignored SIGINT across exec (its parent is a script's background job,
+# or nohup), and launch, which catches signals through a wakeup fd, then never hears SIGINT:
+# stop() would wait out its timeout and kill everything. The child resets SIGINT to the
+# default, then execs the command with the same pid (a preexec_fn could deadlock in a caller
+# with threads). rclpy nodes need none of this: rclpy installs its SIGINT handler regardless.
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 class LaunchProcess:
     """``ros2 launch handoff_ros FILE ARG:=VALUE ...`` as a child process, its output in a file.
 
@@ -165,9 +176,14 @@ class LaunchProcess:
         self.log_path = log_dir / f"{Path(file).stem}-{os.getpid()}-{time.time_ns()}.log"
         env = {**env, "PYTHONUNBUFFERED": "1", "ROS_LOG_DIR": str(log_dir / "ros")}
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
-        # its own session: a Ctrl-C meant for the caller's terminal does not reach it twice
+        # its own session: a Ctrl-C meant for the caller's terminal does not reach it twice;
+        # started through _DEFAULT_SIGINT so that it hears the SIGINT stop() sends
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGINT, *cmd],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
