@@ -3,8 +3,6 @@ differential IK -> sim_arm over real DDS."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -29,7 +27,7 @@ from handoff_ros.teleop_devices import (  # noqa: E402
 from handoff_ros.teleop_devices.joy import Joy as JoyDevice  # noqa: E402
 from handoff_ros.teleop_devices.leader import Leader  # noqa: E402
 from handoff_ros.teleop_devices.scripted import Scripted  # noqa: E402
-from tests.handoff_ros.test_ros_policy import fifo_allowed, thread_policies  # noqa: E402
+from tests.handoff_ros.realtime import assert_only_the_tick_is_realtime  # noqa: E402
 
 FORWARD = "/forward_position_controller/commands"
 
@@ -250,7 +248,5 @@ def test_scripted_device_drives_the_sim_arm_through_the_registry(tmp_path):
         probe.subscribe(DiagnosticArray, "/diagnostics")
         assert probe.spin_until(lambda: probe.diagnostic_values("/teleop"), 10), teleop.log()
         scheduling = probe.diagnostic_values("/teleop")["scheduling"]
-        assert scheduling == ("SCHED_FIFO 50" if fifo_allowed() else "normal (SCHED_FIFO refused)")
-        fifo = [t for t, p in thread_policies(teleop.proc.pid).items() if p == os.SCHED_FIFO]
-        assert fifo == ([teleop.proc.pid] if fifo_allowed() else []), fifo
+        assert_only_the_tick_is_realtime(scheduling, teleop.proc.pid)
         assert teleop.alive() and arm.alive()
