@@ -160,9 +160,9 @@ class PolicyRunner:
         self.scheme = config.scheme
         if self.scheme == "auto":
             self.scheme = policy.default_scheme
-            if self.scheme in ("async", "rtc") and 3 * config.delay > self.H:
+            if self.scheme in ("async", "ensemble", "rtc") and 3 * config.delay > self.H:
                 # measured on lift: executing on while a chunk is inferred kept its success at
-                # delays up to a quarter of the chunk (4 of 15 and 20 steps) and lost 13-38
+                # delays up to a quarter of the chunk (4 of 15 and 20 steps) and lost 13-56
                 # points at 8 (of 15 and 20), where waiting (sync) kept it (README table)
                 self.scheme = "sync"
         if self.scheme not in SCHEMES:

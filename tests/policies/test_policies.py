@@ -171,15 +171,18 @@ def test_select_action_shapes_and_queue(name):
     policy.chunk = counting
     rng = np.random.default_rng(0)
     Ta = policy.config.n_action_steps
-    for _ in range(2 * Ta + 1):
+    steps = 2 * Ta + 1
+    for _ in range(steps):
         a = policy.select_action(random_obs(policy, rng))
         assert a.shape == (policy.action_dim,) and a.dtype == np.float32
-    assert len(calls) == 3  # one prediction per Ta steps
+    # one prediction per Ta steps; with temporal ensembling (ACT's default) one per step
+    predictions = steps if policy.default_scheme == "ensemble" else 3
+    assert len(calls) == predictions
     To = policy.config.n_obs_steps
     assert calls[0]["joint_pos"] == (1, To, 7)
     policy.reset()
     policy.select_action(random_obs(policy, rng))
-    assert len(calls) == 4  # reset empties the queue
+    assert len(calls) == predictions + 1  # reset empties the queue
     with pytest.raises(KeyError, match="joint_pos"):
         policy.select_action({"eef_pos": np.zeros(3), "gripper_pos": np.zeros(2)})
 
