@@ -105,6 +105,8 @@ def _setup(
 
 def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
     """Run one episode; job = (seed, obs_latency, action_latency, record video)."""
+    from sim.mujoco_arm import STAGES
+
     seed, obs_latency, action_latency, video = job
     task, policy, runner = w.task, w.policy, w.runner
     obs, _ = task.reset(seed=seed)
@@ -118,7 +120,7 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
     seen: deque[dict[str, np.ndarray]] = deque([obs] * (obs_latency + 1), maxlen=obs_latency + 1)
     pending: deque[np.ndarray] = deque([task.arm.last_action.copy()] * action_latency)
     latencies, frames = [], []
-    success, length = False, 0
+    success, length, stage = False, 0, 0
     started, cpu0 = time.time(), time.process_time()
     while True:
         if video:
@@ -136,6 +138,7 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
         obs, _, terminated, truncated, info = task.step(pending.popleft())
         seen.append(obs)
         length += 1
+        stage = max(stage, task.arm.progress()) if stage < len(STAGES) - 1 else stage
         if terminated or truncated:
             success = bool(info["success"])
             break
@@ -143,6 +146,7 @@ def _episode(w: _Worker, job: tuple[int, int, int, bool]) -> dict[str, Any]:
         "seed": seed,
         "success": success,
         "length": length,
+        "stage": STAGES[stage],
         "latency_ms": latencies,
         "chunk_ms": list(runner.inference_ms)[-runner.stats.chunks :] if runner else [],
         "execution": {"scheme": runner.scheme, **runner.stats.as_dict()} if runner else {},
@@ -187,6 +191,7 @@ def evaluate_policy(
     """
     from tqdm import tqdm
 
+    from sim.mujoco_arm import STAGES
     from sim.tasks import TASKS
     from sim.workers import run_jobs
 
@@ -247,9 +252,11 @@ def evaluate_policy(
         "mean_length": float(np.mean([r["length"] for r in results])),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
         "seeds": [r["seed"] for r in results],
-        "per_episode": [
-            {"seed": r["seed"], "success": r["success"], "length": r["length"]} for r in results
-        ],
+        "per_episode": [{k: r[k] for k in ("seed", "success", "length", "stage")} for r in results],
+        # the furthest each failed episode got with the task's object (sim.mujoco_arm.STAGES)
+        "failure_stages": {
+            name: sum(not r["success"] and r["stage"] == name for r in results) for name in STAGES
+        },
         "workers": workers,
         "obs_latency": obs_latency,
         "action_latency": action_latency,

@@ -42,6 +42,11 @@ KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
 KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
 SCENE_SEED = 0  # robosuite's model-building seed, fixed: see _make_env
 SETTLE_STEPS = 5  # control steps (0.25 s at 20 Hz): a 6 cm drop takes ~0.11 s
+# How far an episode got with the task's object (SimArm.progress), in order; an episode's
+# stage is the furthest it reached. "lifted": LIFT_MARGIN above where the object rested after
+# reset, about what robosuite's Lift success asks of its cube (bottom 2 cm off the table).
+STAGES = ("not_grasped", "grasped", "lifted")
+LIFT_MARGIN = 0.02  # m
 
 
 class SimArm:
@@ -102,6 +107,11 @@ class SimArm:
         self.arm_act = self.arm_act[np.argsort(order)]
         self.site_id = m.site(EEF_SITE).id
         self.base_id = m.body(BASE_BODY).id
+        self.grasp_id = m.body(self.task.grasp_body).id
+        self._grasp_geoms = [
+            m.geom(g).name for g in range(m.ngeom) if m.geom_bodyid[g] == self.grasp_id
+        ]
+        self._rest_z = 0.0
 
     def _convert_actuators(self) -> None:
         """Turn robosuite's torque motors into PD position servos with the same torque limits."""
@@ -135,6 +145,7 @@ class SimArm:
         # first observation shows a resting scene
         for _ in range(SETTLE_STEPS):
             self.step()
+        self._rest_z = float(self.data.xpos[self.grasp_id][2])
 
     def hold(self) -> None:
         """Command the current joint positions and the current gripper opening."""
@@ -176,6 +187,14 @@ class SimArm:
 
     def success(self) -> bool:
         return bool(self.env._check_success())
+
+    def progress(self) -> int:
+        """Index into :data:`STAGES` of the task's ``grasp_body`` now: 2 lifted (its height
+        LIFT_MARGIN above its rest after reset), 1 grasped (both finger pads touch it:
+        robosuite's ``_check_grasp``), else 0."""
+        if self.data.xpos[self.grasp_id][2] > self._rest_z + LIFT_MARGIN:
+            return 2
+        return int(self.env._check_grasp(self.env.robots[0].gripper, self._grasp_geoms))
 
     # ---- state -------------------------------------------------------------------------
 

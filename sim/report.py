@@ -21,23 +21,40 @@ def summary_line(report: dict[str, Any]) -> str:
     """The human line ``handoff-eval`` prints before its JSON line, figures rounded:
     ``lift: success 0.86 [0.78, 0.91] (43/50 episodes, seeds 0-49), mean length 98.3 steps,
     step p50 1.20 ms p99 3.40 ms``, then for a learned policy its execution: ``; rtc at
-    inference delay 4, chunk p50 95 ms, 4.0 held steps/episode``."""
+    inference delay 4, chunk p50 95 ms, 4.0 held steps/episode``, and how far the failed
+    episodes got: ``; of 7 failures 4 never grasped the object, 2 grasped it, 1 lifted it``."""
     lo, hi = report["success_ci95"]
     seeds = report.get("seeds") or []
     span = f", seeds {min(seeds)}-{max(seeds)}" if len(seeds) > 1 else ""
     span = f", seed {seeds[0]}" if len(seeds) == 1 else span
     lat = report["latency_ms"]
     return (
-        f"{report['task']}: success {report['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
-        f"({report['successes']}/{report['n_episodes']} episodes{span}), mean length "
-        f"{report['mean_length']:.1f} steps, step p50 {lat['p50']:.2f} ms "
-        f"p99 {lat['p99']:.2f} ms"
-    ) + (
-        f"; {report['scheme']} at inference delay {report['inference_delay']}, chunk p50 "
-        f"{report['chunk_ms']['p50']:.0f} ms, {report['held_ticks_per_episode']:.1f} held "
-        f"steps/episode"
-        if "scheme" in report
-        else ""
+        (
+            f"{report['task']}: success {report['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"({report['successes']}/{report['n_episodes']} episodes{span}), mean length "
+            f"{report['mean_length']:.1f} steps, step p50 {lat['p50']:.2f} ms "
+            f"p99 {lat['p99']:.2f} ms"
+        )
+        + (
+            f"; {report['scheme']} at inference delay {report['inference_delay']}, chunk p50 "
+            f"{report['chunk_ms']['p50']:.0f} ms, {report['held_ticks_per_episode']:.1f} held "
+            f"steps/episode"
+            if "scheme" in report
+            else ""
+        )
+        + _failures(report)
+    )
+
+
+def _failures(report: dict[str, Any]) -> str:
+    stages = report.get("failure_stages") or {}
+    n = sum(stages.values())
+    if not n:
+        return ""
+    got = stages.get("not_grasped", 0), stages.get("grasped", 0), stages.get("lifted", 0)
+    return (
+        f"; of {n} failures {got[0]} never grasped the object, {got[1]} grasped it, "
+        f"{got[2]} lifted it"
     )
 
 

@@ -30,13 +30,16 @@ OBJECT_KEY = "object_state"
 
 @dataclass(frozen=True)
 class TaskDef:
-    """One task: the robosuite environment, its privileged state and its time limit."""
+    """One task: the robosuite environment, its privileged state, its time limit and the body
+    the arm must pick up (``grasp_body``: how far a failed episode got, see
+    :meth:`SimArm.progress`)."""
 
     name: str
     env_name: str
     object_dim: int
     object_state: Callable[[SimArm], np.ndarray]
     max_steps: int
+    grasp_body: str
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,6 +82,7 @@ register(
         object_dim=10,
         object_state=lambda arm: _pose_rel(arm, "cube_main"),
         max_steps=200,
+        grasp_body="cube_main",
     )
 )
 register(
@@ -88,6 +92,7 @@ register(
         object_dim=10,
         object_state=lambda arm: _pose_rel(arm, "Can_main"),
         max_steps=400,
+        grasp_body="Can_main",
     )
 )
 register(
@@ -99,6 +104,7 @@ register(
             [_pose_rel(arm, "cubeA_main"), _pose_rel(arm, "cubeB_main")]
         ),
         max_steps=400,
+        grasp_body="cubeA_main",  # stacked onto cubeB
     )
 )
 register(
@@ -108,6 +114,7 @@ register(
         object_dim=10,
         object_state=lambda arm: _pose_rel(arm, "SquareNut_main"),
         max_steps=400,
+        grasp_body="SquareNut_main",
     )
 )
 

@@ -7,6 +7,7 @@ expert episode that succeeds.
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -87,6 +88,41 @@ def test_expert_succeeds(name):
     assert actions.shape[1] == task.embodiment.action_dim
     assert np.all(actions >= np.array(low) - 1e-6) and np.all(actions <= np.array(high) + 1e-6)
     assert len(steps["action"]) < task.max_steps
+
+
+@pytest.mark.parametrize("name", ["lift", "can"])
+def test_progress_follows_an_expert_grasp_then_lift(name):
+    """SimArm.progress, which handoff-eval's failure stages come from: 0 at reset, grasped
+    (both finger pads on the object) before lifted, lifted by the time the task succeeds."""
+    task = task_named(name)
+    expert = make_expert(task)
+    obs, _ = task.reset(seed=3)
+    expert.reset()
+    stages = [task.arm.progress()]
+    while True:
+        obs, _, terminated, truncated, info = task.step(expert.select_action(obs))
+        stages.append(task.arm.progress())
+        if terminated or truncated:
+            break
+    assert info["success"] and stages[0] == 0
+    stages = np.array(stages)
+    first_grasp, first_lift = np.argmax(stages >= 1), np.argmax(stages == 2)
+    assert 0 < first_grasp < first_lift, stages.tolist()
+
+
+def test_progress_closed_gripper_in_the_air_is_no_grasp_and_a_raised_object_is_lifted():
+    """Variants the expert never shows: a gripper closed on nothing is not a grasp; an object
+    raised by something other than the gripper counts as lifted."""
+    task = task_named("can")
+    task.reset(seed=3)
+    arm = task.arm
+    arm.step(np.append(arm.joint_positions(), 1.0))  # close the gripper in the air
+    assert arm.progress() == 0
+    joint = arm.model.body(arm.grasp_id).jntadr[0]  # the can's free joint: x, y, z, quat
+    arm.data.qpos[arm.model.jnt_qposadr[joint] + 2] += 0.10
+    arm.data.qvel[arm.model.jnt_dofadr[joint] : arm.model.jnt_dofadr[joint] + 6] = 0
+    mujoco.mj_forward(arm.model, arm.data)
+    assert arm.progress() == 2
 
 
 def test_same_seed_same_trajectory_other_seed_differs():

@@ -19,6 +19,7 @@ from data.store import DemoStore
 from sim.evaluate import evaluate_policy
 from sim.experts import ScriptedExpert
 from sim.replay import ReplayPolicy
+from sim.report import summary_line
 from sim.tasks import make_task
 
 BIN = Path(sys.executable).parent
@@ -159,6 +160,32 @@ def test_eval_expert_with_two_workers(tmp_path):
     assert report["mean_length"] == np.mean([e["length"] for e in report["per_episode"]])
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert json.loads((tmp_path / "report.json").read_text())["successes"] == 3
+
+
+def test_eval_reports_how_far_failed_episodes_got():
+    """An expert cut off at 30 steps fails lift: the report says, per episode and in sum, the
+    furthest each got (the expert grasps the cube at ~27 steps, lifts it at ~36)."""
+    report = evaluate_policy(
+        functools.partial(ScriptedExpert, "lift"), "lift", 4, seed=4, max_steps=30, progress=False
+    )
+    stages = [e["stage"] for e in report["per_episode"]]
+    assert report["successes"] == 0 and set(stages) <= {"not_grasped", "grasped"}
+    assert report["failure_stages"] == {
+        "not_grasped": stages.count("not_grasped"),
+        "grasped": stages.count("grasped"),
+        "lifted": 0,
+    }
+    got = report["failure_stages"]
+    assert (
+        f"of 4 failures {got['not_grasped']} never grasped the object, {got['grasped']} grasped "
+        "it, 0 lifted it" in summary_line(report)
+    )
+    full = evaluate_policy(
+        functools.partial(ScriptedExpert, "lift"), "lift", 2, seed=4, progress=False
+    )
+    assert full["successes"] == 2 and sum(full["failure_stages"].values()) == 0
+    assert [e["stage"] for e in full["per_episode"]] == ["lifted", "lifted"]
+    assert "failures" not in summary_line(full)
 
 
 def test_eval_rejects_mismatched_embodiment():
