@@ -49,6 +49,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def failure_stages(episodes: list[dict[str, Any]]) -> dict[str, int]:
+    """How many failed episodes got how far with the task's object: {stage: count} over
+    sim.mujoco_arm.STAGES, from each episode's ``success`` and furthest ``stage``."""
+    from sim.mujoco_arm import STAGES
+
+    return {name: sum(not e["success"] and e["stage"] == name for e in episodes) for name in STAGES}
+
+
 def check_compatible(policy: Any, task_spec: Any, task: str) -> list[str]:
     """Cameras the policy consumes; fails naming any embodiment or observation mismatch."""
     from sim.mujoco_arm import CAMERAS
@@ -191,7 +199,6 @@ def evaluate_policy(
     """
     from tqdm import tqdm
 
-    from sim.mujoco_arm import STAGES
     from sim.tasks import TASKS
     from sim.workers import run_jobs
 
@@ -253,10 +260,7 @@ def evaluate_policy(
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
         "seeds": [r["seed"] for r in results],
         "per_episode": [{k: r[k] for k in ("seed", "success", "length", "stage")} for r in results],
-        # the furthest each failed episode got with the task's object (sim.mujoco_arm.STAGES)
-        "failure_stages": {
-            name: sum(not r["success"] and r["stage"] == name for r in results) for name in STAGES
-        },
+        "failure_stages": failure_stages(results),
         "workers": workers,
         "obs_latency": obs_latency,
         "action_latency": action_latency,

@@ -78,6 +78,15 @@ def next_episode(probe: Probe) -> float:
     return time.time()
 
 
+def furthest_stage(probe: Probe, start: float) -> str:
+    """The furthest stage (sim.mujoco_arm.STAGES) the sim arm's ``~/stage`` reported since
+    ``start``, which the probe must subscribe to: how far an episode got with the object."""
+    from sim.mujoco_arm import STAGES
+
+    got = [STAGES.index(m.data) for t, m in probe.msgs["/sim_arm/stage"] if t > start]
+    return STAGES[max(got, default=0)]
+
+
 def run_closed_loop(
     checkpoint: str | Path,
     task: str = "lift",
@@ -97,12 +106,12 @@ def run_closed_loop(
     task's limit, as in handoff-eval; counted as the sim arm's /joint_states messages) or,
     should the arm stall, ``episode_seconds`` of wall-clock time."""
     from sensor_msgs.msg import JointState
-    from std_msgs.msg import Bool, Float64
+    from std_msgs.msg import Bool, Float64, String
 
     import policies
     from handoff_ros.processes import NodeProcess, Probe, nodes
     from sim._gl import configure_gl
-    from sim.evaluate import unseen_seed, wilson_interval
+    from sim.evaluate import failure_stages, unseen_seed, wilson_interval
     from sim.tasks import get_task
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
@@ -137,6 +146,7 @@ def run_closed_loop(
 
     with nodes(arm, pol), Probe(dom, "closed_loop") as probe:
         probe.subscribe(Bool, "/sim_arm/success")
+        probe.subscribe(String, "/sim_arm/stage")
         probe.subscribe(Float64, "/policy/inference_ms")
         probe.subscribe(JointState, "/joint_states")
         if not probe.spin_until(lambda: len(probe.msgs["/policy/inference_ms"]) > 3, 120):
@@ -147,6 +157,7 @@ def run_closed_loop(
         for ep in range(episodes):
             start = next_episode(probe)
             probe.msgs["/sim_arm/success"].clear()
+            probe.msgs["/sim_arm/stage"].clear()
             probe.msgs["/joint_states"].clear()
             probe.spin_until(lambda s=start: won(s) or steps(s) >= max_steps, episode_seconds)
             results.append(
@@ -154,6 +165,7 @@ def run_closed_loop(
                     "seed": seed + ep,
                     "success": won(start),
                     "steps": steps(start),
+                    "stage": furthest_stage(probe, start),
                     "seconds": round(time.time() - start, 2),
                 }
             )
@@ -178,6 +190,7 @@ def run_closed_loop(
         "scheme": scheme,
         "inference_delay": inference_delay,
         "per_episode": results,
+        "failure_stages": failure_stages(results),
         "inference_ms": {
             "p50": round(float(np.percentile(latency, 50)), 2),
             "p99": round(float(np.percentile(latency, 99)), 2),

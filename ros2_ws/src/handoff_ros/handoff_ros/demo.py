@@ -91,13 +91,19 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
     run_closed_loop's keys. LaunchUnavailableError when this machine has no ros2 launch."""
     import numpy as np
     import yaml
-    from std_msgs.msg import Bool, Float64
+    from std_msgs.msg import Bool, Float64, String
 
     import policies
-    from handoff_ros.closed_loop import EPISODE_SECONDS, next_episode, sim_params_file
+    from handoff_ros.closed_loop import (
+        EPISODE_SECONDS,
+        furthest_stage,
+        next_episode,
+        sim_params_file,
+    )
     from handoff_ros.processes import Probe, fresh_domain_id
     from handoff_ros.ros2_launch import LaunchProcess, launch_env
     from handoff_ros.rosutil import use_dds_profile
+    from sim.evaluate import failure_stages
 
     print("finding ros2 launch (the first time, builds ../shared/ros2-launch: ~1 min)", flush=True)
     env = launch_env()
@@ -120,6 +126,7 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
     results = []
     with launch, Probe(dom, "demo") as probe:
         probe.subscribe(Bool, "/sim_arm/success")
+        probe.subscribe(String, "/sim_arm/stage")
         probe.subscribe(Float64, "/policy/inference_ms")
         up = lambda: len(probe.msgs["/policy/inference_ms"]) > 3 or not launch.alive()  # noqa: E731
         if not probe.spin_until(up, 120) or not launch.alive():
@@ -131,7 +138,12 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
                 EPISODE_SECONDS,
             )
             results.append(
-                {"seed": seed + ep + 1, "success": won, "seconds": round(time.time() - start, 2)}
+                {
+                    "seed": seed + ep + 1,
+                    "success": won,
+                    "seconds": round(time.time() - start, 2),
+                    "stage": furthest_stage(probe, start),
+                }
             )
             print(f"  ROS episode {ep + 1}/{episodes}: {'success' if won else 'no success'}")
             if launch.died():
@@ -144,6 +156,7 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
         "successes": successes,
         "success_rate": successes / episodes,
         "per_episode": results,
+        "failure_stages": failure_stages(results),
         "inference_ms": {
             q: float(np.percentile(latency, v)) for q, v in (("p50", 50), ("p99", 99))
         },

@@ -3,12 +3,14 @@
 Publishes ``/joint_states`` (arm + finger joints) every control period, each camera as
 ``<camera>/image_raw``, ``<camera>/image_raw/compressed`` and ``<camera>/camera_info``
 (sensor-data QoS, stamped with the time of the physics state they show), ``~/success``
-(std_msgs/Bool), ``~/eef_pose`` (PoseStamped, base frame) and the privileged
-``~/object_state`` (Float64MultiArray). Takes a joint_trajectory_controller topic, a
-forward_command_controller topic and a gripper forward command; ``~/reset`` (Trigger)
-re-places the scene with the next seed. With ``use_sim_time`` it publishes ``/clock`` and
-stamps everything with simulated time. Messages are built from store-shaped arrays by
-data/rosmsg.py, the mapping the recorder, the policy node and the bag converters read them by.
+(std_msgs/Bool), ``~/stage`` (std_msgs/String: how far the task's object is now, one of
+sim.mujoco_arm.STAGES, for evaluations' failure stages), ``~/eef_pose`` (PoseStamped, base
+frame) and the privileged ``~/object_state`` (Float64MultiArray). Takes a
+joint_trajectory_controller topic, a forward_command_controller topic and a gripper forward
+command; ``~/reset`` (Trigger) re-places the scene with the next seed. With ``use_sim_time``
+it publishes ``/clock`` and stamps everything with simulated time. Messages are built from
+store-shaped arrays by data/rosmsg.py, the mapping the recorder, the policy node and the bag
+converters read them by.
 
 Rendering uses the GL back-end the rest of handoff picks (sim/_gl.py): EGL on a machine with
 a GPU, OSMesa otherwise (~45 ms per 84x84 frame), ``HANDOFF_GL`` or ``MUJOCO_GL`` to override;
@@ -30,7 +32,7 @@ from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, Header, MultiArrayLayout
+from std_msgs.msg import Bool, Float64MultiArray, Header, MultiArrayLayout, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -91,8 +93,9 @@ class SimArmNode(Node):
         p = self.p = declare_params(self, SimArmParams)
         from data.embodiment import load_embodiment
         from sim._gl import configure_gl, require_gl
-        from sim.mujoco_arm import SimArm
+        from sim.mujoco_arm import STAGES, SimArm
 
+        self.stages = STAGES
         self.gl = configure_gl()  # chosen before MuJoCo was imported (by sim.mujoco_arm, above)
         if p.camera_list:  # a GL back-end that cannot render: one line, not a render traceback
             require_gl()
@@ -115,6 +118,7 @@ class SimArmNode(Node):
 
         self.pub_js = self.create_publisher(JointState, "/joint_states", 10)
         self.pub_success = self.create_publisher(Bool, "~/success", 10)
+        self.pub_stage = self.create_publisher(String, "~/stage", 10)
         self.pub_eef = self.create_publisher(PoseStamped, "~/eef_pose", 10)
         self.pub_obj = self.create_publisher(Float64MultiArray, "~/object_state", 10)
         self.pub_clock = self.create_publisher(ClockMsg, "/clock", 10) if self.sim_time else None
@@ -194,6 +198,7 @@ class SimArmNode(Node):
             pos, quat = self.arm.eef_pose()
             obj = self.arm.object_state()
             success = self.arm.success()
+            stage = self.stages[self.arm.progress()]
             self.state_stamp = t
         self.steps += 1
         stamp = self.stamp(t)
@@ -214,6 +219,7 @@ class SimArmNode(Node):
         self.pub_eef.publish(rosmsg.pose_msg(MSG_TYPES, pose_header, pos, quat))
         self.pub_obj.publish(rosmsg.float_array_msg(MSG_TYPES, obj))
         self.pub_success.publish(Bool(data=bool(success)))
+        self.pub_stage.publish(String(data=stage))
         if time.monotonic() - t0 > self.dt:
             self.late_ticks += 1
 
