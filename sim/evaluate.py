@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         "--execute-steps",
         type=int,
         default=0,
-        help="actions executed per chunk by sync/async/rtc (default 0: the checkpoint's Ta)",
+        help="actions executed per chunk by sync/async/rtc (default 0: the checkpoint's Ta; "
+        "rtc with a delay: 1, the next chunk starts as soon as one action went out)",
     )
     p.add_argument(
         "--sampling-steps",

@@ -91,7 +91,9 @@ class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
         "the worker is done; d >= 1 exactly d (as handoff-eval --inference-delay d); 0: wait "
         "up to inference_budget within the tick",
     )
-    execute_steps: int = param(0, "actions executed per chunk (sync/async/rtc); 0: Ta")
+    execute_steps: int = param(
+        0, "actions executed per chunk (sync/async/rtc); 0: Ta, for rtc with a delay 1 (re-plan)"
+    )
     inference_budget: float = param(
         0.6, "inference_delay 0: fraction of a period the tick waits for its chunk, then holds"
     )
