@@ -177,9 +177,11 @@ class PolicyRunner:
             # action of the current one went out, so each executes about d actions. Measured
             # on can (state, d = 4, 100 episodes; README): Ta actions per chunk (ACT 10,
             # diffusion 8) ran each chunk 4-13 steps after its observation and lost the grasp
-            # (ACT 23/100, diffusion 33/100); re-planning kept the lock-step success (ACT 82
-            # against 80 at d = 0, diffusion 68 against 66). Naive async may not do the same:
-            # without RTC's consistency the frequent switches made ACT oscillate (0/100).
+            # (ACT 23/100, diffusion 33/100); re-planning kept rtc's lock-step success (ACT 82
+            # against 76 at d = 0, diffusion 68 against 76; on other seeds re-planning 88 and
+            # 72, Ta per chunk 20 and 30). Lift lost nothing measurable (diffusion 97 against
+            # 99). Naive async may not do the same: without RTC's consistency the frequent
+            # switches made both policies oscillate (0-1/100).
             s = 1
         self.s = min(config.execute_steps or s, self.H)
         self.J = policy.embodiment.n_joints
