@@ -156,6 +156,22 @@ def test_rtc_frozen_prefix_equals_the_committed_actions_exactly(d):
     assert np.all(w[:d] == 1) and np.all(np.diff(w[d:]) < 0) and 0 < w[-1] < 1
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_rtc_with_a_delay_replans_as_soon_as_an_action_went_out(d):
+    """By default rtc starts the next chunk right after the current one sent its first action,
+    so every executed action comes from a chunk d to 2d - 1 ticks old (re-planning: on can it
+    kept the grasp that Ta actions per chunk lost); an explicit execute_steps still waits."""
+
+    def ages(runner: PolicyRunner) -> set[int]:  # guided: no blending mixes the chunk ids
+        return {k - int(a[-1]) // 1000 for k, a in enumerate(run(runner, 40)) if a is not None}
+
+    replans = PolicyRunner(GuidedChunkPolicy(), RunnerConfig(scheme="rtc", delay=d))
+    assert ages(replans) == set(range(d, 2 * d))
+    assert replans.stats.chunks >= 40 // d - 2
+    waits = PolicyRunner(GuidedChunkPolicy(), RunnerConfig(scheme="rtc", delay=d, execute_steps=6))
+    assert max(ages(waits)) >= d + 4 and waits.stats.chunks <= 40 // 5
+
+
 def test_rtc_blends_an_unguided_policy_towards_the_current_chunk():
     pol = ChunkPolicy()
     runner = PolicyRunner(pol, RunnerConfig(scheme="rtc", delay=2))
