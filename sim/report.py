@@ -46,16 +46,22 @@ def summary_line(report: dict[str, Any]) -> str:
     )
 
 
+# how the printed line names each of sim.mujoco_arm.STAGES (report.json keeps the keys); a stage
+# added there without a phrase here still prints, as "reached <stage>"
+_STAGE_PHRASES = {
+    "not_grasped": "never grasped the object",
+    "grasped": "grasped it",
+    "lifted": "lifted it",
+}
+
+
 def _failures(report: dict[str, Any]) -> str:
     stages = report.get("failure_stages") or {}
     n = sum(stages.values())
     if not n:
         return ""
-    got = stages.get("not_grasped", 0), stages.get("grasped", 0), stages.get("lifted", 0)
-    return (
-        f"; of {n} failures {got[0]} never grasped the object, {got[1]} grasped it, "
-        f"{got[2]} lifted it"
-    )
+    got = ", ".join(f"{k} {_STAGE_PHRASES.get(s, f'reached {s}')}" for s, k in stages.items())
+    return f"; of {n} failures {got}"
 
 
 def overlay(frame: np.ndarray, label: dict[str, Any], step: int) -> np.ndarray:

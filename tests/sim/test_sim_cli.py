@@ -186,6 +186,13 @@ def test_eval_reports_how_far_failed_episodes_got():
     assert full["successes"] == 2 and sum(full["failure_stages"].values()) == 0
     assert [e["stage"] for e in full["per_episode"]] == ["lifted", "lifted"]
     assert "failures" not in summary_line(full)
+    # every stage reads as words, and one the phrases do not know still prints by its name
+    from sim.mujoco_arm import STAGES
+    from sim.report import _STAGE_PHRASES
+
+    assert set(_STAGE_PHRASES) == set(STAGES)
+    report["failure_stages"] = {**got, "placed": 1}
+    assert summary_line(report).endswith("0 lifted it, 1 reached placed")
 
 
 def test_eval_rejects_mismatched_embodiment():
