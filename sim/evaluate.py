@@ -433,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
         metavar="D",
         help="control steps from an observation until its chunk can be used, the arm moving "
         "on meanwhile; 'measured': each chunk's wall-clock inference time (default 0). "
-        "Rehearse the node's ~/inference_ms: D = ceil(ms / period)",
+        "To rehearse an arm, take D = ceil(p99 / period) + 1 from the node's "
+        "~/inference_ms (README, deployment)",
     )
     p.add_argument(
         "--execute-steps",
