@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,88 @@ def furthest_stage(probe: Probe, start: float) -> str:
     return STAGES[max(got, default=0)]
 
 
+def watch(probe: Probe, alive: Callable[[], bool] = lambda: True, timeout: float = 120) -> bool:
+    """Subscribes ``probe`` to what :func:`run_episodes` reads (the sim arm's ``~/success``,
+    ``~/stage`` and ``/joint_states``, the policy's ``~/inference_ms``) and waits until the
+    policy node has sent a few commands. False when it has not within ``timeout`` seconds or
+    ``alive()`` turned false."""
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float64, String
+
+    probe.subscribe(Bool, "/sim_arm/success")
+    probe.subscribe(String, "/sim_arm/stage")
+    probe.subscribe(Float64, "/policy/inference_ms")
+    probe.subscribe(JointState, "/joint_states")
+    up = lambda: len(probe.msgs["/policy/inference_ms"]) > 3 or not alive()  # noqa: E731
+    return probe.spin_until(up, timeout) and alive()
+
+
+def run_episodes(
+    probe: Probe,
+    episodes: int,
+    first_seed: int,
+    max_steps: int,
+    episode_seconds: float = EPISODE_SECONDS,
+    progress: bool = True,
+    after_episode: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Runs ``episodes`` episodes on the sim arm and policy nodes ``probe`` :func:`watch`-es.
+    Episode k runs scene ``first_seed + k`` (the sim arm takes its next scene at each reset)
+    and ends at success, after ``max_steps`` simulated steps (one ``/joint_states`` message
+    each, as handoff-eval counts them) or, should the arm stall, ``episode_seconds`` of wall
+    time. ``after_episode`` runs after each (it raises to stop). Returns the report fields
+    ``closed_loop`` and the demo share: episodes, successes, success_rate, success_ci95,
+    mean_steps_to_success, per_episode (seed, success, steps, stage, seconds), failure_stages
+    and the node's inference_ms p50/p99."""
+    from sim.evaluate import failure_stages, wilson_interval
+
+    def won(start: float) -> bool:  # the sim arm reported success since ``start``
+        return any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > start)
+
+    def steps(start: float) -> int:  # simulated steps since ``start``
+        return sum(t > start for t, _ in probe.msgs["/joint_states"])
+
+    results = []
+    for ep in range(episodes):
+        start = next_episode(probe)
+        for topic in ("/sim_arm/success", "/sim_arm/stage", "/joint_states"):
+            probe.msgs[topic].clear()
+        probe.spin_until(lambda s=start: won(s) or steps(s) >= max_steps, episode_seconds)
+        results.append(
+            {
+                "seed": first_seed + ep,
+                "success": won(start),
+                "steps": steps(start),
+                "stage": furthest_stage(probe, start),
+                "seconds": round(time.time() - start, 2),
+            }
+        )
+        if progress:
+            print(
+                f"  ROS episode {ep + 1}/{episodes}: "
+                f"{'success' if won(start) else 'no success'} in {results[-1]['steps']} steps",
+                flush=True,
+            )
+        after_episode()
+    latency = np.array([m.data for _, m in probe.msgs["/policy/inference_ms"]])
+    successes = sum(r["success"] for r in results)
+    return {
+        "episodes": episodes,
+        "successes": successes,
+        "success_rate": successes / max(1, episodes),
+        "success_ci95": [round(v, 4) for v in wilson_interval(successes, episodes)],
+        "mean_steps_to_success": float(np.mean([r["steps"] for r in results if r["success"]]))
+        if successes
+        else None,
+        "per_episode": results,
+        "failure_stages": failure_stages(results),
+        "inference_ms": {
+            "p50": round(float(np.percentile(latency, 50)), 2),
+            "p99": round(float(np.percentile(latency, 99)), 2),
+        },
+    }
+
+
 def run_closed_loop(
     checkpoint: str | Path,
     task: str = "lift",
@@ -105,13 +188,10 @@ def run_closed_loop(
     :func:`domain_id`. An episode ends at success or after ``max_steps`` simulated steps (the
     task's limit, as in handoff-eval; counted as the sim arm's /joint_states messages) or,
     should the arm stall, ``episode_seconds`` of wall-clock time."""
-    from sensor_msgs.msg import JointState
-    from std_msgs.msg import Bool, Float64, String
-
     import policies
     from handoff_ros.processes import NodeProcess, Probe, nodes
     from sim._gl import configure_gl
-    from sim.evaluate import failure_stages, unseen_seed, wilson_interval
+    from sim.evaluate import unseen_seed
     from sim.tasks import get_task
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
@@ -136,65 +216,19 @@ def run_closed_loop(
         "inference_delay": inference_delay,
     }
     pol = NodeProcess("policy", dom, pol_params, log_dir, extra_args=params)
-    results = []
-
-    def won(start: float) -> bool:  # the sim arm reported success since ``start``
-        return any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > start)
-
-    def steps(start: float) -> int:  # simulated steps since ``start`` (one joint state each)
-        return sum(t > start for t, _ in probe.msgs["/joint_states"])
-
     with nodes(arm, pol), Probe(dom, "closed_loop") as probe:
-        probe.subscribe(Bool, "/sim_arm/success")
-        probe.subscribe(String, "/sim_arm/stage")
-        probe.subscribe(Float64, "/policy/inference_ms")
-        probe.subscribe(JointState, "/joint_states")
-        if not probe.spin_until(lambda: len(probe.msgs["/policy/inference_ms"]) > 3, 120):
+        if not watch(probe):
             raise RuntimeError(
                 f"the policy node sent no commands within 120 s; logs: "
                 f"{arm.log_path}, {pol.log_path}\n{pol.log()[-2000:]}"
             )
-        for ep in range(episodes):
-            start = next_episode(probe)
-            probe.msgs["/sim_arm/success"].clear()
-            probe.msgs["/sim_arm/stage"].clear()
-            probe.msgs["/joint_states"].clear()
-            probe.spin_until(lambda s=start: won(s) or steps(s) >= max_steps, episode_seconds)
-            results.append(
-                {
-                    "seed": seed + ep,
-                    "success": won(start),
-                    "steps": steps(start),
-                    "stage": furthest_stage(probe, start),
-                    "seconds": round(time.time() - start, 2),
-                }
-            )
-            if progress:
-                print(
-                    f"  ROS episode {ep + 1}/{episodes}: "
-                    f"{'success' if won(start) else 'no success'} in {results[-1]['steps']} steps",
-                    flush=True,
-                )
-        latency = np.array([m.data for _, m in probe.msgs["/policy/inference_ms"]])
-    successes = sum(r["success"] for r in results)
+        report = run_episodes(probe, episodes, seed, max_steps, episode_seconds, progress)
     return {
         "task": task,
         "ros_domain_id": dom,
-        "episodes": episodes,
-        "successes": successes,
-        "success_rate": successes / max(1, episodes),
-        "success_ci95": [round(v, 4) for v in wilson_interval(successes, episodes)],
-        "mean_steps_to_success": float(np.mean([r["steps"] for r in results if r["success"]]))
-        if successes
-        else None,
+        **report,
         "scheme": scheme,
         "inference_delay": inference_delay,
-        "per_episode": results,
-        "failure_stages": failure_stages(results),
-        "inference_ms": {
-            "p50": round(float(np.percentile(latency, 50)), 2),
-            "p99": round(float(np.percentile(latency, 99)), 2),
-        },
         "logs": [str(arm.log_path), str(pol.log_path)],
     }
 

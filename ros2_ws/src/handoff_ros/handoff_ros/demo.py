@@ -89,21 +89,14 @@ def store_episodes(path: Path) -> int:
 def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int = 1000) -> dict:
     """Stage 4 over ``ros2 launch handoff_ros policy.launch.py robot:=sim``; the report has
     run_closed_loop's keys. LaunchUnavailableError when this machine has no ros2 launch."""
-    import numpy as np
     import yaml
-    from std_msgs.msg import Bool, Float64, String
 
     import policies
-    from handoff_ros.closed_loop import (
-        EPISODE_SECONDS,
-        furthest_stage,
-        next_episode,
-        sim_params_file,
-    )
+    from handoff_ros.closed_loop import run_episodes, sim_params_file, watch
     from handoff_ros.processes import Probe, fresh_domain_id
     from handoff_ros.ros2_launch import LaunchProcess, launch_env
     from handoff_ros.rosutil import use_dds_profile
-    from sim.evaluate import failure_stages
+    from sim.tasks import get_task
 
     print("finding ros2 launch (the first time, builds ../shared/ros2-launch: ~1 min)", flush=True)
     env = launch_env()
@@ -123,43 +116,20 @@ def launched_closed_loop(run_dir: Path, episodes: int, log_dir: Path, seed: int 
     args = {"robot": "sim", "checkpoint": str(run_dir), "params_file": str(log_dir / "params.yaml")}
     launch = LaunchProcess("policy.launch.py", args, env, log_dir)
     print(f"$ {launch.command}  (log: {launch.log_path})", flush=True)
-    results = []
+
+    def check() -> None:  # after each episode: a node that died ends the run, naming it
+        if launch.died():
+            raise UserError(f"{launch.died()[0]}; log: {launch.log_path}")
+
     with launch, Probe(dom, "demo") as probe:
-        probe.subscribe(Bool, "/sim_arm/success")
-        probe.subscribe(String, "/sim_arm/stage")
-        probe.subscribe(Float64, "/policy/inference_ms")
-        up = lambda: len(probe.msgs["/policy/inference_ms"]) > 3 or not launch.alive()  # noqa: E731
-        if not probe.spin_until(up, 120) or not launch.alive():
+        if not watch(probe, launch.alive):
             raise UserError(f"the policy sent no commands; log: {launch.log_path}")
-        for ep in range(episodes):
-            start = next_episode(probe)
-            won = probe.spin_until(
-                lambda s=start: any(m.data for t, m in probe.msgs["/sim_arm/success"] if t > s),
-                EPISODE_SECONDS,
-            )
-            results.append(
-                {
-                    "seed": seed + ep + 1,
-                    "success": won,
-                    "seconds": round(time.time() - start, 2),
-                    "stage": furthest_stage(probe, start),
-                }
-            )
-            print(f"  ROS episode {ep + 1}/{episodes}: {'success' if won else 'no success'}")
-            if launch.died():
-                raise UserError(f"{launch.died()[0]}; log: {launch.log_path}")
-        latency = np.array([m.data for _, m in probe.msgs["/policy/inference_ms"]])
-    successes = sum(r["success"] for r in results)
+        report = run_episodes(
+            probe, episodes, seed + 1, get_task("lift").max_steps, after_episode=check
+        )
     return {
         "task": "lift",
-        "episodes": episodes,
-        "successes": successes,
-        "success_rate": successes / episodes,
-        "per_episode": results,
-        "failure_stages": failure_stages(results),
-        "inference_ms": {
-            q: float(np.percentile(latency, v)) for q, v in (("p50", 50), ("p99", 99))
-        },
+        **report,
         "logs": [str(launch.log_path)],
         "started_by": launch.command,
     }
