@@ -93,6 +93,9 @@ class RunnerConfig:
     ensemble_coeff: float | None = None
     # node, delay 0: the fraction of a period a tick waits for its chunk before it holds
     inference_budget: float = 0.6
+    # rtc: how many actions after the frozen d the soft mask pulls towards the current chunk;
+    # -1: all the current chunk still covers (Black et al. 2025)
+    soft_steps: int = -1
 
     def __post_init__(self) -> None:
         if self.scheme not in ("auto", *SCHEMES):
@@ -103,6 +106,8 @@ class RunnerConfig:
             raise ValueError("execute_steps must be >= 0 (0: the policy's Ta)")
         if not 0 < self.inference_budget < 1:
             raise ValueError("inference_budget must be in (0, 1): a fraction of the period")
+        if self.soft_steps < -1:
+            raise ValueError("soft_steps must be >= 0, or -1 for the whole overlap")
 
 
 @dataclass
@@ -389,21 +394,25 @@ class PolicyRunner:
 
     def _guide(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """RTC's target and soft mask for a chunk started at tick ``k`` (its index i is tick
-        k + i): the current chunk's actions up to where it ends, weights 1 for the d frozen
-        ones, then c_i (e^c_i - 1) / (e - 1) with c_i = (end - i) / (end - d + 1) (Black et al.
-        2025, eq. 5), down to 0 at the current chunk's end."""
+        k + i): the current chunk's actions, weights 1 for the d frozen ones, then
+        c_i (e^c_i - 1) / (e - 1) with c_i = (n - i) / (n - d + 1) (Black et al. 2025, eq. 5),
+        down to 0 at n: where the current chunk ends, or ``soft_steps`` after d if sooner."""
         cur = self.chunk
         if cur is None:
             return None
         end = cur.tick + len(cur.actions) - k  # new-chunk indices the current one covers
         if end <= 0:
             return None
-        target = np.stack(
-            [self.committed.get(k + i, cur.actions[k + i - cur.tick]) for i in range(end)]
-        )
         d = min(self.expected_delay, end)
-        i = np.arange(end, dtype=np.float64)
-        c = (end - i) / (end - d + 1)
+        soft = self.config.soft_steps
+        n = end if soft < 0 else min(end, d + soft)
+        if n == 0:
+            return None
+        target = np.stack(
+            [self.committed.get(k + i, cur.actions[k + i - cur.tick]) for i in range(n)]
+        )
+        i = np.arange(n, dtype=np.float64)
+        c = (n - i) / (n - d + 1)
         w = np.where(i < d, 1.0, c * np.expm1(c) / (math.e - 1))
         return target.astype(np.float32), w.astype(np.float32)
 
@@ -458,6 +467,7 @@ def make_runner(
     execute_steps: int = 0,
     safety: bool | dict[str, Any] = True,
     sampling_steps: int = 0,
+    soft_steps: int = -1,
     **kwargs: Any,
 ) -> PolicyRunner:
     """The ``make_runner`` hook: a simulation runner for ``policy``. ``safety``: True for the
@@ -471,7 +481,9 @@ def make_runner(
                 f"--sampling-steps: a {type(policy).__name__} has no denoising steps to set"
             )
         policy.set_inference(policy.config.inference_scheduler, sampling_steps)
-    config = RunnerConfig(scheme=scheme, delay=delay, execute_steps=execute_steps)
+    config = RunnerConfig(
+        scheme=scheme, delay=delay, execute_steps=execute_steps, soft_steps=soft_steps
+    )
     filt = None
     if safety:
         values = {"require_enable": False, **(safety if isinstance(safety, dict) else {})}

@@ -179,6 +179,7 @@ def evaluate_policy(
     execute_steps: int = 0,
     safety: bool = True,
     sampling_steps: int = 0,
+    soft_steps: int = -1,
     out_dir: str | Path | None = None,
     video_episodes: int = 0,
     progress: bool = True,
@@ -188,7 +189,8 @@ def evaluate_policy(
     A learned policy runs through the policy runner (policies/runner.py) as on the arm:
     ``scheme`` (sync, async, ensemble, rtc; auto: the policy's default), ``inference_delay``
     d in control steps (-1: each chunk's measured wall-clock time), ``execute_steps`` s (0: the
-    policy's Ta) and the safety filter of the simulated arm (``safety``).
+    policy's Ta), for rtc ``soft_steps`` (actions after d the soft mask covers; -1: the whole
+    overlap) and the safety filter of the simulated arm (``safety``).
     ``sampling_steps`` > 0 overrides a diffusion policy's denoising steps. ``obs_latency`` /
     ``action_latency`` add transport delays around it (observation k steps old; command
     applied k steps late).
@@ -211,12 +213,15 @@ def evaluate_policy(
         raise UserError("--inference-delay is control steps >= 0, or 'measured'")
     if sampling_steps < 0:
         raise UserError("--sampling-steps must be >= 0 (0: the checkpoint's own)")
+    if soft_steps < -1:
+        raise UserError("--soft-steps must be >= 0, or -1 for the whole overlap")
     runner = {
         "scheme": scheme,
         "delay": inference_delay,
         "execute_steps": execute_steps,
         "safety": safety,
         "sampling_steps": sampling_steps,
+        "soft_steps": soft_steps,
     }
     is_factory = callable(policy_or_factory) and not hasattr(policy_or_factory, "select_action")
     if not is_factory:
@@ -296,6 +301,7 @@ def _execution_summary(
         "inference_delay": "measured" if runner["delay"] == -1 else runner["delay"],
         "safety": runner["safety"],
         "sampling_steps": runner["sampling_steps"] or None,
+        "soft_steps": runner["soft_steps"],
         "mean_steps_to_success": float(np.mean(won)) if won else None,
         "held_ticks_per_episode": float(np.mean([s["held"] for s in stats])),
         "chunks_per_episode": float(np.mean([s["chunks"] for s in stats])),
@@ -444,6 +450,14 @@ def main(argv: list[str] | None = None) -> None:
         "rtc with a delay: 1, the next chunk starts as soon as one action went out)",
     )
     p.add_argument(
+        "--soft-steps",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="rtc: actions after the frozen D that the next chunk is pulled towards the "
+        "current one with RTC's soft mask (default -1: all the current chunk still covers)",
+    )
+    p.add_argument(
         "--sampling-steps",
         type=int,
         default=0,
@@ -514,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
         execute_steps=a.execute_steps,
         safety=not a.no_safety,
         sampling_steps=a.sampling_steps,
+        soft_steps=a.soft_steps,
         out_dir=a.out,
         video_episodes=a.video_episodes if a.out else 0,
         progress=not a.no_progress,

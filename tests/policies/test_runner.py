@@ -156,6 +156,25 @@ def test_rtc_frozen_prefix_equals_the_committed_actions_exactly(d):
     assert np.all(w[:d] == 1) and np.all(np.diff(w[d:]) < 0) and 0 < w[-1] < 1
 
 
+@pytest.mark.parametrize("soft", [0, 2])
+def test_rtc_soft_steps_shortens_the_soft_window(soft):
+    """soft_steps n: the guide covers the frozen d and n decaying weights after them, so the
+    actions beyond are the new chunk's own; the frozen prefix is still the committed one."""
+    d = 3
+    full, short = GuidedChunkPolicy(), GuidedChunkPolicy()
+    run(PolicyRunner(full, RunnerConfig(scheme="rtc", delay=d)), 20)
+    runner = PolicyRunner(short, RunnerConfig(scheme="rtc", delay=d, soft_steps=soft))
+    acts = run(runner, 20)
+    _, (target_full, w_full) = full.calls[2]
+    _, (target, w) = short.calls[2]
+    assert len(w) == d + soft < len(w_full)
+    np.testing.assert_array_equal(target, target_full[: d + soft])
+    assert np.all(w[:d] == 1) and np.all(np.diff(w[d:]) < 0) and np.all((w > 0) & (w <= 1))
+    assert [a is None for a in acts].count(True) == d  # only the first chunk's wait holds
+    with pytest.raises(ValueError, match="soft_steps"):
+        RunnerConfig(scheme="rtc", soft_steps=-2)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_rtc_with_a_delay_replans_as_soon_as_an_action_went_out(d):
     """By default rtc starts the next chunk right after the current one sent its first action,

@@ -65,12 +65,16 @@ def test_collect_train_eval_on_lift(tmp_path, capsys):
     # the node's execution, rehearsed: real-time chunking with each chunk usable 2 steps late
     argv = ["--checkpoint", str(tmp_path / "run" / "best"), "--task", "lift", "--episodes", "1"]
     argv += ["--max-steps", "30", "--scheme", "rtc", "--inference-delay", "2", "--no-progress"]
-    eval_main(argv)
+    eval_main(argv + ["--soft-steps", "2"])
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out[-1])
     assert report["scheme"] == "rtc" and report["inference_delay"] == 2 and report["safety"]
+    assert report["soft_steps"] == 2
     assert report["held_ticks_per_episode"] == 2  # nothing to execute before the first chunk
     assert report["chunks_per_episode"] >= 30 // 10 and "rtc at inference delay 2" in out[-2]
     with pytest.raises(SystemExit) as e:
         eval_main(argv[:-3] + ["--inference-delay", "soon"])
     assert e.value.code == 2 and "--inference-delay 'soon'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        eval_main(argv + ["--soft-steps", "-3"])
+    assert e.value.code == 2 and "error: --soft-steps" in capsys.readouterr().err

@@ -97,6 +97,11 @@ class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
     inference_budget: float = param(
         0.6, "inference_delay 0: fraction of a period the tick waits for its chunk, then holds"
     )
+    soft_steps: int = param(
+        -1,
+        "rtc: actions after the frozen d pulled towards the current chunk by the soft mask; "
+        "-1: all the current chunk still covers (as handoff-eval --soft-steps)",
+    )
     device: str = param("cpu", "torch device for inference (cpu, cuda)")
     autostart: bool = param(
         True,
@@ -149,6 +154,7 @@ class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
             delay=self.inference_delay,
             execute_steps=self.execute_steps,
             inference_budget=self.inference_budget,
+            soft_steps=self.soft_steps,
         )
 
     def safety_kwargs(self) -> dict[str, Any]:
