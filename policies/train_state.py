@@ -42,7 +42,10 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         d = self.decay(step)
         for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.mul_(d).add_(p.detach().to(ema_p.dtype), alpha=1 - d)
+            if p.requires_grad:
+                ema_p.mul_(d).add_(p.detach().to(ema_p.dtype), alpha=1 - d)
+            else:  # frozen (e.g. a distilled student's encoder): copied, no rounding drift
+                ema_p.copy_(p)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 

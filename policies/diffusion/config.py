@@ -73,6 +73,11 @@ class DiffusionConfig(PolicyConfig):
     # Pseudo-Huber with c = 0.00054 * sqrt(d): Song & Dhariwal 2023 ("Improved Techniques for
     # Training Consistency Models", sec. 3.3); "l2": the CM paper's squared distance.
     consistency_loss: str = "pseudo_huber"
+    # False: the student keeps the teacher's observation encoder, frozen, and only its denoiser
+    # is distilled; one encoder pass per batch then serves student, teacher and target (a camera
+    # student's step costs ~1/3 of an encoder-training one). The encoder is not part of the ODE
+    # being distilled; tuning it with a consistency loss lost camera features (README).
+    consistency_train_encoder: bool = False
 
     # Streaming Diffusion Policy (policies/diffusion/streaming.py; Høeg, Du, Egeland 2024):
     # an action buffer whose noise rises chunk by chunk along the horizon; every call denoises

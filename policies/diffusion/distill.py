@@ -18,6 +18,10 @@ with f the boundary-parameterised consistency function (``DiffusionPolicy.consis
 the target an EMA of the student (decay mu, no gradient) and d pseudo-Huber or squared L2.
 The trainer's own EMA (``train.ema``) still gives the saved inference weights, as the CM paper
 evaluates an EMA of the online network.
+
+Only the denoiser is distilled by default (``consistency_train_encoder: false``): the student's
+observation encoder stays the teacher's, frozen, so one encoder pass per batch conditions the
+student, the teacher and the target alike.
 """
 
 from __future__ import annotations
@@ -147,6 +151,8 @@ class ConsistencyDistillation:
 
     def attach(self, student: DiffusionPolicy) -> None:
         self.teacher.to(student.device)
+        if not student.config.consistency_train_encoder:  # the teacher's, frozen (config.py)
+            student.obs_encoder.requires_grad_(False)
         self.target = TargetNetwork(student, student.config.consistency_target_decay)
         student.objective = self  # a plain attribute: not in the student's state_dict
 
@@ -174,10 +180,17 @@ class ConsistencyDistillation:
         n = torch.randint(0, len(bounds) - 1, (B,), device=x0.device)
         t_cur, t_next = bounds[n], bounds[n + 1]  # (B,) each
         x_next = student.train_scheduler.add_noise(x0, torch.randn_like(x0), t_next)
-        pred = student.consistency_fn(x_next, t_next, student._condition(obs))
         target_net = self._target().model
+        if c.consistency_train_encoder:
+            cond = student._condition(obs)
+            with torch.no_grad():
+                teacher_cond, target_cond = self.teacher._condition(obs), target_net._condition(obs)
+        else:  # one encoder, the teacher's: one pass (the student's crop) serves all three
+            with torch.no_grad():
+                cond = teacher_cond = target_cond = student._condition(obs)
+        pred = student.consistency_fn(x_next, t_next, cond)
         with torch.no_grad():
-            x_cur = ddim_step(self.teacher, x_next, t_next, t_cur, self.teacher._condition(obs))
-            target = target_net.consistency_fn(x_cur, t_cur, target_net._condition(obs))
+            x_cur = ddim_step(self.teacher, x_next, t_next, t_cur, teacher_cond)
+            target = target_net.consistency_fn(x_cur, t_cur, target_cond)
         loss = consistency_distance(pred, target, c.consistency_loss)
         return loss, {"consistency": float(loss.detach())}

@@ -205,3 +205,32 @@ def test_distillation_resumes_exactly(runs, monkeypatch):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{part}:{k} differs after resume"
+
+
+@pytest.mark.parametrize("train_encoder", [False, True])
+def test_camera_student_keeps_the_teachers_encoder(tmp_path, train_encoder):
+    """By default only the denoiser is distilled: the student's camera encoder is the teacher's,
+    bit for bit (frozen, and copied rather than averaged by the EMAs); with
+    ``policy.consistency_train_encoder=true`` it is trained as well."""
+    spec = load_embodiment("sim_panda").with_cameras(["agentview"], (16, 16))
+    store = DemoStore.create(tmp_path / "img.zarr", spec)
+    for e in range(3):
+        ep = make_episode(12 + e, seed=e)
+        store.append_episode(ep, task="lift", source="scripted", success=True, seed=e)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    tiny = sum([["--set", s] for s in TINY], [])
+    argv = ["--policy", "diffusion", "--data", str(store.path), "--out", str(teacher)]
+    assert main([*argv, "--steps", "4", *COMMON, *tiny, "--set", "train.eval_every=0"]) == 0
+    argv = ["--distill-from", str(teacher), "--data", str(store.path), "--out", str(student)]
+    flag = f"policy.consistency_train_encoder={json.dumps(train_encoder)}"
+    assert main([*argv, "--steps", "6", *COMMON, "--set", "train.lr=1e-3", "--set", flag]) == 0
+    mine = load_file(str(student / "last" / "model.safetensors"))
+    theirs = load_file(str(teacher / "last" / "model.safetensors"))
+    encoder = [k for k in mine if k.startswith("obs_encoder.")]
+    denoiser = [k for k in mine if k.startswith("denoiser.")]
+    assert encoder and denoiser
+    assert any(not torch.equal(mine[k], theirs[k]) for k in denoiser)
+    same = all(torch.equal(mine[k], theirs[k]) for k in encoder)
+    assert same != train_encoder
+    target = load_file(str(student / "last" / "train_state" / "objective.safetensors"))
+    assert all(torch.equal(target[k], theirs[k]) for k in encoder) != train_encoder
