@@ -10,6 +10,10 @@ variants, at the CPU recipes' sizes (``<policy>_cpu.yaml`` for state,
 Baselines measured in the same run: one denoiser evaluation (what each sampler step costs),
 and the control period the policy must fit into.
 
+Fast modes: a one-step consistency chunk (what a ``--distill-from`` student runs) and a 1-step
+DDIM chunk, interleaved chunk by chunk with DDIM-10 on the same network (target: the one-step
+chunk >= 5x faster at p50 and p99).
+
 Image layout: the camera encoder fed uint8 frames as a policy feeds it, against the same
 network fed a ready contiguous NCHW float tensor (target <= 1.1x), at the camera recipes'
 width and at the standard ResNet-18 width.
@@ -113,6 +117,27 @@ def latency(policy, store: DemoStore, n_chunk: int, n_steps: int) -> dict:
     }
 
 
+def fast_modes(policy, store: DemoStore, reps: int) -> dict:
+    """Chunk latency of the one-step modes against DDIM-10, interleaved chunk by chunk so the
+    machine's load hits every mode alike (a student's weights cost what the teacher's do)."""
+    c = policy.config
+    ep = store.episode(0)
+    obs_batch = {k: torch.from_numpy(ep[k][: c.n_obs_steps])[None] for k in policy.input_keys}
+    modes = {"ddim10": ("ddim", 10), "consistency1": ("consistency", 1), "ddim1": ("ddim", 1)}
+    ms: dict[str, list[float]] = {m: [] for m in modes}
+    for rep in range(reps + 1):
+        for m, (sched, n) in modes.items():
+            policy.set_inference(sched, n)
+            t = timed(lambda: policy.predict_action_chunk(obs_batch), 1)
+            if rep:  # the first round warms every sampler up
+                ms[m] += t
+    policy.set_inference(c.inference_scheduler, c.num_inference_steps)
+    out: dict = {m: percentiles(v) for m, v in ms.items()}
+    for q in ("p50", "p99"):
+        out[f"consistency1_speedup_{q}"] = round(out["ddim10"][q] / out["consistency1"][q], 2)
+    return out
+
+
 def train_throughput(name: str, store: DemoStore, steps: int, workers: int | None) -> dict:
     """The real trainer's samples/s and data-wait share (``workers`` None: the recipe's)."""
     policy, recipe = build(name, store)
@@ -211,6 +236,7 @@ def main() -> None:
                 out[f"diffusion_{variant}_{sched}{n}"] = latency(
                     dp, store, max(3, reps // (5 if n == 100 else 1)), 2 * dp.config.n_action_steps
                 )
+            out[f"diffusion_{variant}_fast_modes"] = fast_modes(dp, store, reps)
             act, _ = build("act", store)
             out[f"act_{variant}"] = latency(act, store, reps, reps)
         steps = 5 if args.quick else 40
