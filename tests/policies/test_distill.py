@@ -224,6 +224,8 @@ def test_camera_student_keeps_the_teachers_encoder(tmp_path, train_encoder):
     argv = ["--distill-from", str(teacher), "--data", str(store.path), "--out", str(student)]
     flag = f"policy.consistency_train_encoder={json.dumps(train_encoder)}"
     assert main([*argv, "--steps", "6", *COMMON, "--set", "train.lr=1e-3", "--set", flag]) == 0
+    run = json.loads((student / "config.json").read_text())
+    assert run["recipe"].endswith("diffusion_distill_cpu_camera.yaml")  # the camera variant
     mine = load_file(str(student / "last" / "model.safetensors"))
     theirs = load_file(str(teacher / "last" / "model.safetensors"))
     encoder = [k for k in mine if k.startswith("obs_encoder.")]
