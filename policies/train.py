@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="consistency distillation (policies/diffusion/distill.py): train a 1-2 step "
         "student of this diffusion checkpoint or run, starting from its weights and keeping "
         "its normaliser, robot and inputs; the student samples with inference_scheduler "
-        "consistency (default recipe: distill_cpu, distill_cpu_camera for a store with "
-        "cameras; --policy may be omitted)",
+        "consistency (default recipe: distill_cpu, or distill_cpu_camera for a teacher that "
+        "reads the store's cameras; --policy may be omitted)",
     )
     p.add_argument(
         "--init",
@@ -384,7 +384,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     family = args.recipe or ("gpu" if device == "cuda" else "cpu")
     if teacher is not None and not args.recipe:
         family = "distill_cpu"  # the bundled distillation recipe (its settings are the run's)
-    if family in ("cpu", "gpu", "distill_cpu"):  # a store with cameras: the camera variant
+    if family in ("cpu", "gpu", "distill_cpu"):  # cameras in use: the camera variant
         cameras = store_cameras(args)
         if teacher is not None:  # a student sees what its teacher saw
             cameras = [k for k in cameras if k in (teacher.get("obs_keys") or cameras)]

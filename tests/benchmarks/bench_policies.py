@@ -92,10 +92,15 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
+def first_obs(policy, store: DemoStore) -> dict[str, torch.Tensor]:
+    """{k: (1, To, ...)}: the first To steps of episode 0, as a policy's batch."""
+    ep, To = store.episode(0), policy.config.n_obs_steps
+    return {k: torch.from_numpy(ep[k][:To])[None] for k in policy.input_keys}
+
+
 def latency(policy, store: DemoStore, n_chunk: int, n_steps: int) -> dict:
-    c = policy.config
     ep = store.episode(0)
-    obs_batch = {k: torch.from_numpy(ep[k][: c.n_obs_steps])[None] for k in policy.input_keys}
+    obs_batch = first_obs(policy, store)
     policy.predict_action_chunk(obs_batch)  # warm-up
     chunk = timed(lambda: policy.predict_action_chunk(obs_batch), n_chunk)
     policy.reset()
@@ -121,8 +126,7 @@ def fast_modes(policy, store: DemoStore, reps: int) -> dict:
     """Chunk latency of the one-step modes against DDIM-10, interleaved chunk by chunk so the
     machine's load hits every mode alike (a student's weights cost what the teacher's do)."""
     c = policy.config
-    ep = store.episode(0)
-    obs_batch = {k: torch.from_numpy(ep[k][: c.n_obs_steps])[None] for k in policy.input_keys}
+    obs_batch = first_obs(policy, store)
     modes = {"ddim10": ("ddim", 10), "consistency1": ("consistency", 1), "ddim1": ("ddim", 1)}
     ms: dict[str, list[float]] = {m: [] for m in modes}
     for rep in range(reps + 1):
@@ -219,12 +223,7 @@ def main() -> None:
             out[f"image_layout_width{width}"] = image_layout(width, reps)
         for variant, store in stores.items():
             dp, _ = build("diffusion", store)
-            cond = dp._condition(
-                {
-                    k: torch.from_numpy(store.episode(0)[k][: dp.config.n_obs_steps])[None]
-                    for k in dp.input_keys
-                }
-            )
+            cond = dp._condition(first_obs(dp, store))
             x = torch.zeros(1, dp.config.horizon, dp.action_dim)
             t = torch.zeros(1, dtype=torch.long)
             with torch.no_grad():
