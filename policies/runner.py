@@ -96,6 +96,9 @@ class RunnerConfig:
     # rtc: how many actions after the frozen d the soft mask pulls towards the current chunk;
     # -1: all the current chunk still covers (Black et al. 2025)
     soft_steps: int = -1
+    # diffusion: denoising steps per chunk; 0: the checkpoint's own (e.g. 10 DDIM). Fewer
+    # steps shorten the chunk time and with it the delay d a chunk needs (README, deployment)
+    sampling_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.scheme not in ("auto", *SCHEMES):
@@ -108,6 +111,8 @@ class RunnerConfig:
             raise ValueError("inference_budget must be in (0, 1): a fraction of the period")
         if self.soft_steps < -1:
             raise ValueError("soft_steps must be >= 0, or -1 for the whole overlap")
+        if self.sampling_steps < 0:
+            raise ValueError("sampling_steps must be >= 0 (0: the checkpoint's own)")
 
 
 @dataclass
@@ -163,6 +168,7 @@ class PolicyRunner:
     ) -> None:
         self.policy = policy
         self.config = config = config or RunnerConfig()
+        set_sampling_steps(policy, config.sampling_steps)
         self.H = int(policy.chunk_length)
         self.scheme = config.scheme
         if self.scheme == "auto":
@@ -460,6 +466,19 @@ class PolicyRunner:
         self._prev = (action, source)
 
 
+def set_sampling_steps(policy: Any, steps: int) -> None:
+    """Set a diffusion policy's denoising steps per chunk (its scheduler kept); 0 keeps the
+    checkpoint's own. Raises UserError for a policy that does not sample (ACT)."""
+    if not steps:
+        return
+    if not hasattr(policy, "set_inference"):
+        raise UserError(
+            f"sampling_steps {steps}: {type(policy).__name__} has no denoising steps to set "
+            f"(only diffusion checkpoints sample); use 0"
+        )
+    policy.set_inference(policy.config.inference_scheduler, steps)
+
+
 def make_runner(
     policy: Any,
     scheme: str = "auto",
@@ -474,15 +493,13 @@ def make_runner(
     filter the node uses on the simulated arm (enabled, the default limits), a dict of
     :class:`SafetyConfig` values, or False for none. ``sampling_steps`` > 0 sets a sampling
     policy's number of denoising steps (diffusion: ``set_inference``), e.g. to compare a
-    teacher at 1, 2 and 10 DDIM steps."""
-    if sampling_steps:
-        if not hasattr(policy, "set_inference"):
-            raise UserError(
-                f"--sampling-steps: a {type(policy).__name__} has no denoising steps to set"
-            )
-        policy.set_inference(policy.config.inference_scheduler, sampling_steps)
+    teacher at 1, 2 and 10 DDIM steps, as the node's ``sampling_steps`` does."""
     config = RunnerConfig(
-        scheme=scheme, delay=delay, execute_steps=execute_steps, soft_steps=soft_steps
+        scheme=scheme,
+        delay=delay,
+        execute_steps=execute_steps,
+        soft_steps=soft_steps,
+        sampling_steps=sampling_steps,
     )
     filt = None
     if safety:
@@ -491,4 +508,12 @@ def make_runner(
     return PolicyRunner(policy, config, filt, **kwargs)
 
 
-__all__ = ["MEASURED", "SCHEMES", "PolicyRunner", "RunnerConfig", "SeamStats", "make_runner"]
+__all__ = [
+    "MEASURED",
+    "SCHEMES",
+    "PolicyRunner",
+    "RunnerConfig",
+    "SeamStats",
+    "make_runner",
+    "set_sampling_steps",
+]

@@ -113,6 +113,7 @@ def test_policy_node_runs_the_runner_scheme_and_delay_it_is_given(sim, checkpoin
         assert probe.spin_until(has, 10), probe.diagnostic_values("/policy")
         values = probe.diagnostic_values("/policy")
         assert values["scheme"] == "rtc"
+        assert values["sampling_steps"] == "0"  # an ACT: nothing to sample
         assert int(values["held_ticks"]) >= 3  # the first chunk is usable at tick 3
         assert float(values["chunk_boundary_jump_rad"]) >= 0
         # one chunk per execute_steps (horizon 8 // 2 = 4 actions): ~5 per second at 20 Hz
@@ -123,6 +124,29 @@ def test_policy_node_runs_the_runner_scheme_and_delay_it_is_given(sim, checkpoin
     bad = NodeProcess("policy", dom, params | {"realtime_priority": 100}, logs)
     assert bad.proc.wait(timeout=60) == 2
     assert "realtime_priority 100: use 0 (normal) or 1-99 (SCHED_FIFO)" in bad.log(), bad.log()
+    bad = NodeProcess("policy", dom, params | {"sampling_steps": 2}, logs)
+    assert bad.proc.wait(timeout=60) == 2  # the runner's check, the one handoff-eval makes
+    assert "error: sampling_steps 2: ACTPolicy has no denoising steps" in bad.log(), bad.log()
+
+
+def test_the_node_passes_sampling_steps_to_the_runner_as_handoff_eval_does():
+    """The node's parameter builds the same RunnerConfig field handoff-eval --sampling-steps
+    sets (tests/policies/test_runner.py: the runner applies it to a diffusion policy)."""
+    from handoff_ros.policy import PolicyParams
+
+    assert PolicyParams(checkpoint="runs/x", sampling_steps=4).runner_config().sampling_steps == 4
+    with pytest.raises(ValueError, match="sampling_steps must be >= 0"):
+        PolicyParams(checkpoint="runs/x", sampling_steps=-1)
+
+
+def test_closed_loop_refuses_sampling_steps_for_act_before_any_node_starts(checkpoint, capsys):
+    from handoff_ros.closed_loop import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(checkpoint), "--episodes", "1", "--sampling-steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: sampling_steps 2: ACTPolicy has no denoising steps"), err
 
 
 def test_real_arm_policy_waits_for_enable_and_latches_the_estop(sim, checkpoint):

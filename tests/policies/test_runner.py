@@ -290,15 +290,25 @@ def test_diffusion_guidance_inpaints_the_frozen_prefix():
     assert np.abs(guided[3:6] - target[3:6]).mean() < np.abs(free[3:6] - target[3:6]).mean()
 
 
-def test_make_runner_sets_a_diffusion_policys_sampling_steps():
+def test_sampling_steps_set_a_diffusion_policys_denoising_steps():
+    """handoff-eval --sampling-steps (make_runner) and the node's sampling_steps (RunnerConfig)
+    set the same thing; a policy that does not sample refuses it in one error line."""
     from data.errors import UserError
     from tests.policies.test_policies import build
 
     policy = build("diffusion").eval()
     make_runner(policy, sampling_steps=2)
     assert policy.config.num_inference_steps == 2 and policy.config.inference_scheduler == "ddim"
-    with pytest.raises(UserError, match="no denoising steps"):
+    PolicyRunner(policy, RunnerConfig(sampling_steps=4))
+    assert policy.config.num_inference_steps == 4
+    PolicyRunner(policy, RunnerConfig())  # 0 keeps what the policy has
+    assert policy.config.num_inference_steps == 4
+    with pytest.raises(UserError, match="sampling_steps 2: ChunkPolicy has no denoising steps"):
         make_runner(ChunkPolicy(), sampling_steps=2)
+    with pytest.raises(UserError, match="no denoising steps"):
+        PolicyRunner(ChunkPolicy(), RunnerConfig(sampling_steps=3))
+    with pytest.raises(ValueError, match="sampling_steps must be >= 0"):
+        RunnerConfig(sampling_steps=-1)
 
 
 def test_reset_bounds_the_first_command_from_the_measured_joints():

@@ -8,8 +8,8 @@ the task succeeds or the time limit passes. Every message crosses real DDS on lo
 Seeds: episode k (0..N-1) runs scene ``seed + k``, as ``handoff-eval --seed`` does (the sim arm
 warms up on ``seed - 1``, not scored, and each reset takes the next); the default is
 ``handoff-eval``'s, past the checkpoint's demonstration seeds, so the two evaluate the same
-scenes. ``--scheme`` / ``--inference-delay`` set the policy node's chunk execution (the policy
-runner's, as in ``handoff-eval``); the report lists the seeds. The nodes join
+scenes. ``--scheme`` / ``--inference-delay`` / ``--sampling-steps`` set the policy node's chunk
+execution (the policy runner's, as in ``handoff-eval``); the report lists the seeds. The nodes join
 the caller's ``ROS_DOMAIN_ID`` (so ``ros2 topic echo`` in another terminal sees them); unset,
 one in 1-101 derived from the process id. The sim arm renders with EGL on a GPU machine and
 OSMesa otherwise (sim/_gl.py; ``MUJOCO_GL`` overrides).
@@ -181,20 +181,24 @@ def run_closed_loop(
     scheme: str = "auto",
     inference_delay: int = -1,
     max_steps: int | None = None,
+    sampling_steps: int = 0,
 ) -> dict[str, Any]:
     """Returns {episodes, successes, success_rate, per_episode, inference_ms p50/p99, ...}.
     Episode k (0..``episodes``-1) runs scene ``seed + k`` (default: handoff-eval's unseen
-    seeds); the policy node runs ``scheme`` at ``inference_delay``; nodes join
+    seeds); the policy node runs ``scheme`` at ``inference_delay`` (a diffusion checkpoint
+    with ``sampling_steps`` denoising steps, 0: its own); nodes join
     :func:`domain_id`. An episode ends at success or after ``max_steps`` simulated steps (the
     task's limit, as in handoff-eval; counted as the sim arm's /joint_states messages) or,
     should the arm stall, ``episode_seconds`` of wall-clock time."""
     import policies
     from handoff_ros.processes import NodeProcess, Probe, nodes
+    from policies.runner import set_sampling_steps
     from sim._gl import configure_gl
     from sim.evaluate import unseen_seed
     from sim.tasks import get_task
 
     policy = policies.load(checkpoint)  # fail here, in one line, before any node starts
+    set_sampling_steps(policy, sampling_steps)  # refused here too, not after the nodes start
     if seed is None:
         seed = unseen_seed(str(checkpoint), episodes)
     max_steps = max_steps or get_task(task).max_steps
@@ -214,6 +218,7 @@ def run_closed_loop(
         "robot": "sim",
         "scheme": scheme,
         "inference_delay": inference_delay,
+        "sampling_steps": sampling_steps,
     }
     pol = NodeProcess("policy", dom, pol_params, log_dir, extra_args=params)
     with nodes(arm, pol), Probe(dom, "closed_loop") as probe:
@@ -229,6 +234,7 @@ def run_closed_loop(
         **report,
         "scheme": scheme,
         "inference_delay": inference_delay,
+        "sampling_steps": sampling_steps,
         "logs": [str(arm.log_path), str(pol.log_path)],
     }
 
@@ -259,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the policy node's inference_delay in ticks (default -1: as soon as inferred)",
     )
     p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=0,
+        help="the policy node's sampling_steps: denoising steps of a diffusion checkpoint "
+        "(default 0: its own, e.g. 10 DDIM)",
+    )
+    p.add_argument(
         "--episode-seconds",
         type=float,
         default=EPISODE_SECONDS,
@@ -270,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
+    if args.sampling_steps < 0:
+        raise UserError("--sampling-steps must be >= 0 (0: the checkpoint's own)")
     if args.out:  # refused now, not after minutes of running
         from sim.evaluate import checkpoint_inputs
 
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         args.episode_seconds,
         scheme=args.scheme,
         inference_delay=args.inference_delay,
+        sampling_steps=args.sampling_steps,
     )
     print(json.dumps(report))
     if args.out:  # written beside it, then swapped in: never a half-written file

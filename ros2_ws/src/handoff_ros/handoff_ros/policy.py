@@ -102,6 +102,12 @@ class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
         "rtc: actions after the frozen d pulled towards the current chunk by the soft mask; "
         "-1: all the current chunk still covers (as handoff-eval --soft-steps)",
     )
+    sampling_steps: int = param(
+        0,
+        "diffusion: denoising steps per chunk; 0: the checkpoint's own (e.g. 10 DDIM); fewer "
+        "steps, a shorter chunk time and a smaller inference_delay (as handoff-eval "
+        "--sampling-steps)",
+    )
     device: str = param("cpu", "torch device for inference (cpu, cuda)")
     autostart: bool = param(
         True,
@@ -155,6 +161,7 @@ class PolicyParams(CommandTopics, ObservationTopics, RealtimeParams):
             execute_steps=self.execute_steps,
             inference_budget=self.inference_budget,
             soft_steps=self.soft_steps,
+            sampling_steps=self.sampling_steps,
         )
 
     def safety_kwargs(self) -> dict[str, Any]:
@@ -421,6 +428,7 @@ class PolicyNode(LifecycleNode):
             "commands_sent": self.sent,
             "scheme": self.runner.scheme,
             "inference_delay_ticks": self.runner.expected_delay,
+            "sampling_steps": getattr(self.policy.config, "num_inference_steps", 0),
             "held_ticks": st.held,
             "chunk_boundary_jump_rad": round(st.boundary_jump, 4),
             "chunk_inside_jump_rad": round(st.inchunk_jump, 4),
