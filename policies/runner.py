@@ -468,7 +468,10 @@ class PolicyRunner:
 
 def set_sampling_steps(policy: Any, steps: int) -> None:
     """Set a diffusion policy's denoising steps per chunk (its scheduler kept); 0 keeps the
-    checkpoint's own. Raises UserError for a policy that does not sample (ACT)."""
+    checkpoint's own. Raises UserError for a negative count or a policy that does not sample
+    (ACT)."""
+    if steps < 0:
+        raise UserError(f"sampling_steps {steps}: use >= 0 (0: the checkpoint's own)")
     if not steps:
         return
     if not hasattr(policy, "set_inference"):

@@ -283,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
-    if args.sampling_steps < 0:
-        raise UserError("--sampling-steps must be >= 0 (0: the checkpoint's own)")
     if args.out:  # refused now, not after minutes of running
         from sim.evaluate import checkpoint_inputs
 
